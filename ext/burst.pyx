@@ -1,0 +1,136 @@
+"""Burst: a fixed-capacity batch of frames in contiguous memory, the unit every stage runs on.
+
+Python builds and inspects bursts only in tests, the control plane and traces; the fast path
+fills them from rings and files in C (see dataplane.pcap) and hands &burst.b to nogil stages.
+"""
+from cpython.mem cimport PyMem_Calloc, PyMem_Free
+from libc.string cimport memcpy
+from libc.stdint cimport uint8_t, uint16_t, uint32_t
+from cpython.ref cimport Py_INCREF
+cimport numpy as cnp
+import numpy as np
+
+from dataplane.includes.pkt cimport (
+    BURST_SIZE, SLOT_HEADROOM, SLOT_SIZE, V_PENDING, DROP_NONE, pkt_meta, pkt_tuple, pkt_data,
+    drop_reason_strings, counter_strings, DROP_N_REASONS, CNT_N_COUNTERS, pkt_reset,
+)
+
+cnp.import_array()
+
+__all__ = ["Burst", "DROP_REASONS", "COUNTERS", "VERDICTS", "BURST_SIZE", "SLOT_HEADROOM"]
+
+DROP_REASONS = tuple(drop_reason_strings[i].decode() for i in range(<int>DROP_N_REASONS))
+COUNTERS = tuple(counter_strings[i].decode() for i in range(<int>CNT_N_COUNTERS))
+VERDICTS = ("pending", "forward", "local", "drop", "reject")
+
+
+cdef class Burst:
+    def __cinit__(self, uint32_t capacity=BURST_SIZE, uint32_t slot_size=SLOT_SIZE):
+        if capacity == 0 or slot_size <= SLOT_HEADROOM:
+            raise ValueError("capacity must be > 0 and slot_size > headroom")
+        self.b.cap = capacity
+        self.b.slot_size = slot_size
+        self.b.n = 0
+        self.b.buf = <uint8_t *>PyMem_Calloc(capacity, slot_size)
+        self.b.meta = <pkt_meta *>PyMem_Calloc(capacity, sizeof(pkt_meta))
+        self.b.verdict = <uint8_t *>PyMem_Calloc(capacity, 1)
+        self.b.reason = <uint8_t *>PyMem_Calloc(capacity, 1)
+        if not (self.b.buf and self.b.meta and self.b.verdict and self.b.reason):
+            raise MemoryError()
+
+    def __dealloc__(self):
+        PyMem_Free(self.b.buf)
+        PyMem_Free(self.b.meta)
+        PyMem_Free(self.b.verdict)
+        PyMem_Free(self.b.reason)
+
+    def __len__(self):
+        return self.b.n
+
+    @property
+    def capacity(self):
+        return self.b.cap
+
+    @property
+    def max_frame(self):
+        """Largest frame a slot holds."""
+        return self.b.slot_size - SLOT_HEADROOM
+
+    def clear(self):
+        self.b.n = 0
+
+    def append(self, frame, unsigned int port_in=0):
+        """Copy one frame in; returns False when the burst is full. Raises on an oversize frame."""
+        cdef const uint8_t[::1] src = memoryview(frame).cast("B")
+        cdef uint32_t i = self.b.n
+        if i >= self.b.cap:
+            return False
+        if <uint32_t>src.shape[0] > self.b.slot_size - SLOT_HEADROOM:
+            raise ValueError(f"frame of {src.shape[0]} bytes exceeds slot of {self.max_frame}")
+        pkt_reset(&self.b, i, <uint16_t>src.shape[0], <uint16_t>port_in)
+        if src.shape[0]:
+            memcpy(pkt_data(&self.b, i), &src[0], src.shape[0])
+        self.b.n = i + 1
+        return True
+
+    def extend(self, frames, unsigned int port_in=0):
+        """Append frames until full; returns how many were taken."""
+        taken = 0
+        for f in frames:
+            if not self.append(f, port_in):
+                break
+            taken += 1
+        return taken
+
+    def frame(self, uint32_t i):
+        """The frame at index i as it is now (after any rewrite)."""
+        self._check(i)
+        return (<char *>pkt_data(&self.b, i))[:self.b.meta[i].len]
+
+    def frames(self):
+        return [self.frame(i) for i in range(self.b.n)]
+
+    def meta(self, uint32_t i):
+        """Metadata of packet i as a dict (tests, traces)."""
+        self._check(i)
+        d = dict(self.b.meta[i])
+        d["t"] = _tuple_dict(&self.b.meta[i].t)
+        d["inner"] = _tuple_dict(&self.b.meta[i].inner)
+        d["verdict"] = VERDICTS[self.b.verdict[i]]
+        d["reason"] = DROP_REASONS[self.b.reason[i]] if self.b.reason[i] != DROP_NONE else None
+        return d
+
+    @property
+    def verdicts(self):
+        """numpy view (uint8) of the first n verdicts."""
+        return self._view(self.b.verdict)
+
+    @property
+    def reasons(self):
+        """numpy view (uint8) of the first n drop reasons."""
+        return self._view(self.b.reason)
+
+    cdef _view(self, uint8_t *p):
+        cdef cnp.npy_intp n = self.b.n
+        arr = cnp.PyArray_SimpleNewFromData(1, &n, cnp.NPY_UINT8, p)
+        cnp.PyArray_SetBaseObject(arr, self)
+        Py_INCREF(self)
+        return arr
+
+    cdef _check(self, uint32_t i):
+        if i >= self.b.n:
+            raise IndexError(i)
+
+
+cdef object _tuple_dict(pkt_tuple *t):
+    import ipaddress
+    if t.family == 4:
+        src = str(ipaddress.IPv4Address((<char *>t.saddr)[:4]))
+        dst = str(ipaddress.IPv4Address((<char *>t.daddr)[:4]))
+    elif t.family == 6:
+        src = str(ipaddress.IPv6Address((<char *>t.saddr)[:16]))
+        dst = str(ipaddress.IPv6Address((<char *>t.daddr)[:16]))
+    else:
+        src = dst = None
+    return {"src": src, "dst": dst, "sport": t.sport, "dport": t.dport, "proto": t.proto,
+            "family": t.family}
