@@ -20,6 +20,7 @@
   _(NO_ROUTE, "no_route")             /* no matching route */             \
   _(NOT_IP, "not_ip")                 /* ARP etc. not routed here */      \
   _(BAD_PORT, "bad_port")             /* route names an unknown port */   \
+  _(NO_NEIGHBOR, "no_neighbor")       /* next hop MAC not known */        \
   _(CT_FULL, "ct_full")               /* conntrack table full */          \
   _(NO_ENDPOINT, "no_endpoint")       /* service has no usable endpoint */\
   _(SRC_RANGE, "src_range")           /* loadBalancerSourceRanges */      \
