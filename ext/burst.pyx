@@ -82,6 +82,19 @@ cdef class Burst:
             taken += 1
         return taken
 
+    def copy_from(self, Burst src not None):
+        """Reload this burst with src's frames as fresh, unprocessed packets (benchmarks replay
+        the same traffic each round without per-frame Python work)."""
+        cdef uint32_t i, n = src.b.n
+        if n > self.b.cap or src.b.slot_size > self.b.slot_size:
+            raise ValueError("source burst does not fit")
+        with nogil:
+            for i in range(n):
+                pkt_reset(&self.b, i, src.b.meta[i].len, src.b.meta[i].port_in)
+                self.b.meta[i].ts_ns = src.b.meta[i].ts_ns
+                memcpy(pkt_data(&self.b, i), pkt_data(&src.b, i), src.b.meta[i].len)
+            self.b.n = n
+
     def frame(self, uint32_t i):
         """The frame at index i as it is now (after any rewrite)."""
         self._check(i)

@@ -3,16 +3,17 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 from libc.string cimport memset
 
+# Anonymous enums: the values are plain ints, usable as array indexes without casts.
 cdef extern from "reasons.h" nogil:
-    ctypedef enum drop_reason_t:
+    enum:
         DROP_NONE, DROP_TRUNCATED, DROP_OVERSIZE, DROP_BAD_ETHERTYPE, DROP_BAD_VERSION,
-        DROP_BAD_IHL, DROP_BAD_LEN, DROP_BAD_L4_LEN, DROP_BAD_EXT_HDR, DROP_TOO_MANY_VLANS,
+        DROP_BAD_IHL, DROP_BAD_CSUM, DROP_BAD_LEN, DROP_BAD_L4_LEN, DROP_BAD_EXT_HDR, DROP_TOO_MANY_VLANS,
         DROP_TTL_EXPIRED, DROP_NO_ROUTE, DROP_NOT_IP, DROP_BAD_PORT, DROP_NO_NEIGHBOR, DROP_CT_FULL,
         DROP_NO_ENDPOINT, DROP_SRC_RANGE, DROP_NAT_EXHAUSTED, DROP_POLICY, DROP_INVALID_STATE,
         DROP_N_REASONS
     const char *const drop_reason_strings[]
 
-    ctypedef enum counter_t:
+    enum:
         CNT_RX, CNT_IP4, CNT_IP6, CNT_ARP, CNT_VLAN, CNT_FRAGMENT, CNT_ICMP_ERROR,
         CNT_ROUTED, CNT_LOCAL, CNT_TX, CNT_N_COUNTERS
     const char *const counter_strings[]

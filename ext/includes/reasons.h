@@ -12,6 +12,7 @@
   _(BAD_ETHERTYPE, "bad_ethertype")   /* not IPv4, IPv6 or ARP */         \
   _(BAD_VERSION, "bad_version")       /* IP version field mismatch */     \
   _(BAD_IHL, "bad_ihl")               /* IPv4 header length < 20 */       \
+  _(BAD_CSUM, "bad_csum")             /* IPv4 header checksum wrong */    \
   _(BAD_LEN, "bad_len")               /* IP length inconsistent */        \
   _(BAD_L4_LEN, "bad_l4_len")         /* TCP data offset / UDP length */  \
   _(BAD_EXT_HDR, "bad_ext_hdr")       /* IPv6 extension chain broken */   \

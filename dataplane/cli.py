@@ -1,0 +1,178 @@
+"""The `dataplane` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one message, exit status 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"dataplane {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `dataplane ... | head` is not an error
+        return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dataplane", description=(
+        "Userspace Kubernetes node dataplane: routing, conntrack and Service NAT "
+        "over bursts of frames."))
+    sub = p.add_subparsers(metavar="COMMAND", dest="command")
+
+    r = sub.add_parser("replay", help="run a capture through the pipeline",
+                       description="Run every packet of IN through the pipeline and write the "
+                                   "frames it transmits to OUT (pcap, or pcapng by extension).")
+    r.add_argument("--config", required=True, type=Path, metavar="CONFIG",
+                   help="YAML/JSON file or directory of configuration objects")
+    r.add_argument("input", type=Path, metavar="IN", help="input capture (pcap or pcapng)")
+    r.add_argument("-o", "--output", required=True, type=Path, metavar="OUT",
+                   help="where transmitted frames are written")
+    r.add_argument("--trace", type=Path, metavar="TRACE.jsonl",
+                   help="write one JSON object per input packet: verdict, reason, port, out")
+    r.add_argument("--json", action="store_true", help="print the counters as one JSON object")
+    r.add_argument("--in-port", metavar="NAME", help="port the packets arrive on (default: first)")
+    r.add_argument("--burst-size", type=int, default=256, metavar="N",
+                   help="frames per burst (default: 256)")
+    r.set_defaults(func=_cmd_replay)
+
+    c = sub.add_parser("check", help="validate a configuration and print what was understood",
+                       description="Validate CONFIG (a file or a directory) and print what was "
+                                   "understood; invalid objects are reported with kind, "
+                                   "namespace/name and field path.")
+    c.add_argument("config", type=Path, metavar="CONFIG")
+    c.add_argument("--json", action="store_true", help="print the summary as JSON")
+    c.set_defaults(func=_cmd_check)
+
+    d = sub.add_parser("demo", help="replay the built-in example capture and show the counters",
+                       description="Replay the example capture shipped with the package through "
+                                   "the pipeline with the example configuration, print the "
+                                   "per-stage counters and drop reasons, and show a few traces.")
+    d.add_argument("--json", action="store_true", help="print the counters as one JSON object")
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def _load(path: Path):
+    from dataplane.config import ConfigError, load
+    try:
+        return load(path)
+    except ConfigError as exc:
+        raise CliError(f"{path}: invalid configuration\n{exc}") from None
+    except OSError as exc:
+        raise CliError(f"{path}: {exc.strerror or exc}") from None
+
+
+def _load_dataplane(path: Path):
+    dp = _load(path).dataplane
+    if dp is None:
+        raise CliError(f"{path}: no DataplaneConfiguration object (ports and routes)")
+    return dp
+
+
+def _cmd_replay(args) -> int:
+    from dataplane.replay import replay
+    dp = _load_dataplane(args.config)
+    try:
+        result = replay(dp, args.input, args.output, args.trace, args.in_port, args.burst_size)
+    except (ValueError, OSError) as exc:
+        raise CliError(str(exc)) from None
+    _report(result, args.json, args.output)
+    if result.error:
+        print(f"dataplane replay: {result.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_check(args) -> int:
+    summary = _load(args.config).describe()
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        _print_tree(summary)
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from dataplane.replay import replay
+    assets = resources.files("dataplane.demo")
+    with resources.as_file(assets / "demo.yaml") as cfg_path, \
+            resources.as_file(assets / "demo.pcap") as pcap_path, \
+            tempfile.TemporaryDirectory(prefix="dataplane-demo-") as tmp:
+        dp = _load_dataplane(cfg_path)
+        out = Path(tmp) / "out.pcap"
+        trace = Path(tmp) / "trace.jsonl"
+        result = replay(dp, pcap_path, out, trace)
+        if not args.json:
+            print(f"demo: replaying {pcap_path.name} through node {dp.node_name} "
+                  f"({len(dp.routes)} routes, ports {', '.join(p.name for p in dp.ports)})\n")
+        _report(result, args.json, out)
+        if not args.json:
+            print("\nfirst packets of each verdict (from --trace):")
+            seen = set()
+            for line in trace.read_text().splitlines():
+                rec = json.loads(line)
+                key = (rec["verdict"], rec["reason"])
+                if key not in seen:
+                    seen.add(key)
+                    print("  " + line)
+    return 1 if result.error else 0
+
+
+def _report(result, as_json: bool, out: Path) -> None:
+    if as_json:
+        print(json.dumps(result.as_dict()))
+        return
+    print(f"{result.packets} packets in {result.elapsed_s:.3f} s ({result.pps:,.0f} pps), "
+          f"transmitted frames written to {out}")
+    rows = [("stage counters", {k: v for k, v in result.counters.items() if v}),
+            ("drops", {k: v for k, v in result.drops.items() if v}),
+            ("transmitted per port", result.port_tx)]
+    for title, values in rows:
+        print(f"{title}:")
+        if not values:
+            print("  (none)")
+        for name, value in values.items():
+            print(f"  {name:<22}{value:>12,}")
+    if result.skipped_oversize:
+        print(f"skipped oversize records: {result.skipped_oversize}")
+
+
+def _print_tree(value, indent: int = 0) -> None:
+    pad = "  " * indent
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(v, (dict, list)) and v:
+                print(f"{pad}{k}:")
+                _print_tree(v, indent + 1)
+            else:
+                print(f"{pad}{k}: {v}")
+    elif isinstance(value, list):
+        for v in value:
+            if isinstance(v, (dict, list)):
+                print(f"{pad}-")
+                _print_tree(v, indent + 1)
+            else:
+                print(f"{pad}- {v}")
+    else:
+        print(f"{pad}{value}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

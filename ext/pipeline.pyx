@@ -1,0 +1,51 @@
+"""The node pipeline: parse -> route, one nogil call per burst.
+
+Stages only touch packets whose verdict is still pending, so each stage is a plain loop and
+the pipeline is the order of the calls. Counters are numpy arrays the control plane reads
+without copying.
+"""
+from libc.stdint cimport uint32_t, uint64_t
+cimport numpy as cnp
+import numpy as np
+
+from dataplane.burst cimport Burst
+from dataplane.includes.pkt cimport (
+    burst_t, V_FORWARD, CNT_TX, CNT_N_COUNTERS, DROP_N_REASONS,
+)
+from dataplane.parse cimport parse_burst
+from dataplane.route cimport Router
+
+cnp.import_array()
+
+__all__ = ["Pipeline"]
+
+
+cdef class Pipeline:
+    def __cinit__(self, Router router not None, unsigned int n_ports):
+        self.router = router
+        self.n_ports = n_ports
+        self.counters = np.zeros(<int>CNT_N_COUNTERS, dtype=np.uint64)
+        self.drops = np.zeros(<int>DROP_N_REASONS, dtype=np.uint64)
+        self.port_tx = np.zeros(max(n_ports, 1), dtype=np.uint64)
+        self.cnt = <uint64_t *>cnp.PyArray_DATA(self.counters)
+        self.drp = <uint64_t *>cnp.PyArray_DATA(self.drops)
+        self.tx = <uint64_t *>cnp.PyArray_DATA(self.port_tx)
+
+    def process(self, Burst burst not None):
+        """Run every stage over the burst; verdicts, reasons and rewritten frames are left in it."""
+        with nogil:
+            self.run(&burst.b)
+
+    def reset_counters(self):
+        self.counters[:] = 0
+        self.drops[:] = 0
+        self.port_tx[:] = 0
+
+    cdef void run(self, burst_t *b) noexcept nogil:
+        cdef uint32_t i
+        parse_burst(b, self.cnt, self.drp)
+        self.router.route_burst(b, self.cnt, self.drp)
+        for i in range(b.n):
+            if b.verdict[i] == V_FORWARD and b.meta[i].port_out < self.n_ports:
+                self.tx[b.meta[i].port_out] += 1
+                self.cnt[CNT_TX] += 1

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Quick start, step 1: installs everything the project needs into .venv (Debian packages when
+# run as root on Debian, the Python dependencies, the Cython build), then runs the demo.
+# Idempotent: re-running rebuilds only what changed. `./install.sh --no-demo` skips the demo.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+
+debian_packages() {
+    # iproute2: namespaces and veths for the live tests; gcc: the Cython build.
+    local want=(iproute2 gcc)
+    "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || want+=(python3-venv)
+    "$PYTHON" - <<'PY' 2>/dev/null || want+=(python3-dev)
+import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))
+PY
+    local missing=()
+    for pkg in "${want[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "install: apt-get install ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    debian_packages
+fi
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[test]'
+echo "install: done (.venv/bin/dataplane)"
+
+if [ "${1:-}" != "--no-demo" ]; then
+    .venv/bin/dataplane demo
+fi
