@@ -8,8 +8,8 @@ builds a burst's records in one C buffer and writes them with a single write().
 Bad input raises PcapError naming the file and the byte offset of the offending record or block.
 """
 import os
+import stat
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.errno cimport errno, EINTR
 from libc.stdlib cimport realloc, free
 from libc.string cimport memcpy, memset
@@ -200,7 +200,10 @@ cdef class PcapReader:
         self.first_linktype = -1
         fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise PcapError(self.path, 0, "not a regular file (pipes and devices cannot be mapped)")
+            size = st.st_size
             if size == 0:
                 raise PcapError(self.path, 0, "empty file")
             p = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0)
@@ -597,14 +600,14 @@ cdef class PcapWriter:
 
     def write_frame(self, frame, uint64_t ts_ns=0):
         """Write one frame given as bytes (tests and tools)."""
-        cdef bytes data = bytes(frame)
-        cdef size_t n = PyBytes_GET_SIZE(data)
-        if n > 0xffffffffu:
-            raise ValueError("frame too large")
+        cdef const uint8_t[::1] data = memoryview(frame).cast("B")
+        cdef size_t n = data.shape[0]
+        if n > MAX_CAPLEN:
+            raise ValueError(f"frame of {n} bytes is larger than {MAX_CAPLEN}")
         if self.fd < 0:
             raise ValueError("write to a closed PcapWriter")
-        self._reserve(32 + min(n, self.snaplen) + 3)
-        self._flush(self._put(self.buf, <const uint8_t *>PyBytes_AS_STRING(data), <uint32_t>n, ts_ns))
+        self._reserve(32 + n + 3)
+        self._flush(self._put(self.buf, &data[0] if n else self.buf, <uint32_t>n, ts_ns))
         self.packets_written += 1
 
     cdef Py_ssize_t write_burst(self, burst_t *b, int verdict) except -1:

@@ -210,6 +210,11 @@ def test_zero_length_file(tmp_path):
     assert err.value.path == str(path) and err.value.offset == 0
 
 
+def test_not_a_regular_file():
+    with pytest.raises(PcapError, match="not a regular file"):
+        PcapReader("/dev/null")
+
+
 def test_header_only_pcap_is_fine(tmp_path):
     with PcapReader(write(tmp_path, pcap_header())) as r:
         assert r.fill(Burst()) == 0 and r.offset == 24
@@ -434,6 +439,8 @@ def test_writer_misuse(tmp_path):
     with pytest.raises(ValueError, match="snaplen"):
         PcapWriter(tmp_path / "x", snaplen=0)
     w = PcapWriter(tmp_path / "x")
+    with pytest.raises(TypeError):
+        w.write_frame(60)
     w.close()
     with pytest.raises(ValueError, match="closed"):
         w.write(Burst())
