@@ -118,6 +118,10 @@ class Obj:
         value = self.data.get(key)
         return None if value is None else Obj(value, self.at(key), self.errors, fields)
 
+    def section(self, key: str, fields: Iterable[str] | None = None) -> Obj:
+        """Like obj(), but an absent section reads as an empty mapping."""
+        return self.obj(key, fields) or Obj({}, self.at(key), self.errors)
+
     def strings(self, key: str) -> dict[str, str]:
         """A map of string to string (labels, annotations, selectors)."""
         o = self.obj(key)
@@ -211,6 +215,14 @@ def unicast_ip(value: str) -> IPAddress:
             (addr == ipaddress.IPv4Address("255.255.255.255") if addr.version == 4 else False, "broadcast"):
         if bad:
             raise ValueError(f"must be a unicast address, got {what} address {value!r}")
+    return addr
+
+
+def non_special_ip(value: str) -> IPAddress:
+    """An address the Kubernetes API accepts for externalIPs and endpoints."""
+    addr = unicast_ip(value)
+    if addr.is_loopback or addr.is_link_local:
+        raise ValueError(f"must not be a loopback or link-local address, got {value!r}")
     return addr
 
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 
 import yaml
 
-from . import dataplane
+from . import dataplane, k8s
 from .fields import Invalid, Obj, Path, format_path
 
 SUFFIXES = (".yaml", ".yml", ".json")
@@ -52,15 +52,34 @@ class Config:
     """Everything understood from one load. `dataplane` is None when no
     DataplaneConfiguration was given (e.g. when checking a kubectl dump alone)."""
     dataplane: dataplane.DataplaneConfig | None = None
+    kube_proxy: k8s.KubeProxyConfig | None = None
+    services: tuple[k8s.Service, ...] = ()
+    endpoint_slices: tuple[k8s.EndpointSlice, ...] = ()
+    nodes: tuple[k8s.Node, ...] = ()
     sources: tuple[str, ...] = ()
     problems: tuple[Problem, ...] = ()   # only non-empty with load(..., strict=False)
     warnings: tuple[Problem, ...] = ()   # objects skipped on purpose (kinds we do not use)
+
+    @property
+    def node_name(self) -> str | None:
+        """This node: DataplaneConfiguration.nodeName, else KubeProxyConfiguration.hostnameOverride."""
+        return (self.dataplane and self.dataplane.node_name) or (self.kube_proxy and self.kube_proxy.hostname_override)
+
+    def endpoint_slices_for(self, service: k8s.Service) -> tuple[k8s.EndpointSlice, ...]:
+        """The slices kube-proxy would use for `service` (ignored slices excluded)."""
+        return tuple(s for s in self.endpoint_slices if s.namespace == service.namespace
+                     and s.service_name == service.name and s.ignored is None)
 
     def describe(self) -> dict:
         """JSON-able summary of what was understood (`dataplane check`)."""
         return {
             "sources": list(self.sources),
+            "nodeName": self.node_name,
             "dataplane": self.dataplane and self.dataplane.describe(),
+            "kubeProxy": self.kube_proxy and self.kube_proxy.describe(),
+            "services": [s.describe() for s in self.services],
+            "endpointSlices": [s.describe() for s in self.endpoint_slices],
+            "nodes": [n.describe() for n in self.nodes],
             "warnings": [str(w) for w in self.warnings],
             "problems": [str(p) for p in self.problems],
         }
@@ -75,10 +94,15 @@ class _Kind:
 
 KINDS: dict[tuple[str, str], _Kind] = {
     (dataplane.API_VERSION, dataplane.KIND): _Kind(dataplane.parse, dataplane.FIELDS, "dataplane"),
+    ("v1", "Service"): _Kind(k8s.parse_service, k8s.OBJECT_FIELDS, "services"),
+    ("discovery.k8s.io/v1", "EndpointSlice"): _Kind(k8s.parse_endpoint_slice, k8s.ENDPOINTSLICE_FIELDS, "endpoint_slices"),
+    ("v1", "Node"): _Kind(k8s.parse_node, k8s.OBJECT_FIELDS, "nodes"),
+    ("kubeproxy.config.k8s.io/v1alpha1", "KubeProxyConfiguration"):
+        _Kind(k8s.parse_kube_proxy, k8s.KUBE_PROXY_FIELDS, "kube_proxy"),
 }
 # Kinds we understand, to tell "wrong apiVersion" (an error) from "not ours" (skipped).
 _KNOWN_KINDS = {kind: api for api, kind in KINDS}
-_SINGLETONS = {"dataplane"}
+_SINGLETONS = {"dataplane", "kube_proxy"}
 
 
 # ---- YAML ----
@@ -264,9 +288,14 @@ class _Builder:
         self.problems.append(Problem(source, None, kind, name, "", message))
 
     def finish(self, strict: bool) -> Config:
+        values = {attr: (objs[0] if attr in _SINGLETONS else tuple(objs)) for attr, objs in self.objects.items()}
+        dp, kp = values.get("dataplane"), values.get("kube_proxy")
+        if dp and kp and kp.hostname_override and kp.hostname_override != dp.node_name:
+            self.problem(f"hostnameOverride {kp.hostname_override!r} differs from DataplaneConfiguration nodeName "
+                         f"{dp.node_name!r}: both name this node", self.seen[("KubeProxyConfiguration", None, None)],
+                         "KubeProxyConfiguration")
         if strict and self.problems:
             raise ConfigError(self.problems)
-        values = {attr: (objs[0] if attr in _SINGLETONS else tuple(objs)) for attr, objs in self.objects.items()}
         return Config(**values, sources=tuple(self.sources), problems=tuple(self.problems),
                       warnings=tuple(self.warnings))
 
