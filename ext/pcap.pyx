@@ -18,13 +18,11 @@ from posix.mman cimport mmap, munmap, madvise, PROT_READ, MAP_PRIVATE, MAP_FAILE
 from posix.unistd cimport write, close as c_close
 
 from dataplane.burst cimport Burst
-from dataplane.includes.pkt cimport (
-    burst_t, pkt_reset, pkt_data, SLOT_HEADROOM,
-)
+from dataplane.includes.pkt cimport burst_t, pkt_reset, pkt_data, SLOT_HEADROOM
+from dataplane.includes.bytes cimport load_u32, store_u32, load_be16, store_be16, bswap32, bswap16
+
 cdef extern from *:
     uint64_t __builtin_bswap64(uint64_t) nogil
-
-from dataplane.includes.bytes cimport load_u32, store_u32, load_be16, store_be16, bswap32, bswap16
 
 __all__ = ["PcapReader", "PcapWriter", "PcapError", "read_all", "LINKTYPES"]
 
