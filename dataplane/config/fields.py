@@ -91,8 +91,10 @@ class Obj:
             if not isinstance(key, str):
                 self.report((*self.path, str(key)), f"field names must be strings, got {describe_value(key)}")
             elif key not in known:
-                hint = difflib.get_close_matches(key, known, 1)
-                self.report(self.at(key), "unknown field" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+                # Compare case-insensitively: typos are often in camelCase ("podCidr").
+                lowered = {k.lower(): k for k in known}
+                hint = difflib.get_close_matches(key.lower(), lowered, 1)
+                self.report(self.at(key), "unknown field" + (f" (did you mean {lowered[hint[0]]!r}?)" if hint else ""))
 
     def at(self, key: str | int) -> Path:
         return (*self.path, key)
