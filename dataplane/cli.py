@@ -150,8 +150,8 @@ def _report(result, as_json: bool, out: Path) -> None:
             print("  (none)")
         for name, value in values.items():
             print(f"  {name:<22}{value:>12,}")
-    if result.skipped_oversize:
-        print(f"skipped oversize records: {result.skipped_oversize}")
+    if result.oversize:
+        print(f"records larger than a slot (dropped as oversize): {result.oversize}")
 
 
 def _print_tree(value, indent: int = 0) -> None:

@@ -23,7 +23,7 @@ class ReplayResult:
     counters: dict[str, int]
     drops: dict[str, int]
     port_tx: dict[str, int]
-    skipped_oversize: int = 0
+    oversize: int = 0
     error: str | None = field(default=None)
 
     @property
@@ -34,7 +34,7 @@ class ReplayResult:
         return {"packets": self.packets, "elapsed_s": round(self.elapsed_s, 6),
                 "pps": round(self.pps), "counters": self.counters, "drops": self.drops,
                 "ports": {name: {"tx": n} for name, n in self.port_tx.items()},
-                "skipped_oversize": self.skipped_oversize, "error": self.error}
+                "oversize": self.oversize, "error": self.error}
 
 
 def replay(dp, in_path: Path, out_path: Path, trace_path: Path | None = None,
@@ -71,7 +71,7 @@ def replay(dp, in_path: Path, out_path: Path, trace_path: Path | None = None,
             if tracer is not None:
                 tracer.write(burst)
             packets += n
-        skipped = reader.skipped_oversize
+        oversize = reader.oversize
     elapsed = time.perf_counter() - started
     return ReplayResult(
         packets=packets,
@@ -79,7 +79,7 @@ def replay(dp, in_path: Path, out_path: Path, trace_path: Path | None = None,
         counters=dict(zip(COUNTERS, map(int, pipeline.counters))),
         drops={name: int(n) for name, n in zip(DROP_REASONS, pipeline.drops) if name != "none"},
         port_tx=dict(zip(port_names, map(int, pipeline.port_tx))),
-        skipped_oversize=skipped,
+        oversize=oversize,
         error=error,
     )
 

@@ -26,7 +26,7 @@ cdef class PcapReader:
     cdef int64_t first_linktype  # of the file's first interface; -1 until one is seen
     cdef bint first_nsec
     cdef readonly uint64_t packets_read
-    cdef readonly uint64_t skipped_oversize
+    cdef readonly uint64_t oversize     # records larger than a slot (delivered empty, flagged)
     # Where the last read stopped on bad input; pos stays on the bad record, so the next fill
     # meets the same error again (that is how a partial burst is returned before raising).
     cdef int err

@@ -18,7 +18,7 @@ from posix.mman cimport mmap, munmap, madvise, PROT_READ, MAP_PRIVATE, MAP_FAILE
 from posix.unistd cimport write, close as c_close
 
 from dataplane.burst cimport Burst
-from dataplane.includes.pkt cimport burst_t, pkt_reset, pkt_data, SLOT_HEADROOM
+from dataplane.includes.pkt cimport burst_t, pkt_reset, pkt_data, SLOT_HEADROOM, PKT_F_OVERSIZE
 from dataplane.includes.bytes cimport load_u32, store_u32, load_be16, store_be16, bswap32, bswap16
 
 cdef extern from *:
@@ -132,9 +132,18 @@ cdef inline uint64_t iface_ts(const pcap_iface *f, uint64_t ts) noexcept nogil:
     return ts * f.ts_mul / f.ts_div + <uint64_t>f.ts_off_ns
 
 
+cdef inline bint oversize(burst_t *b, uint32_t i, uint16_t port_in, uint64_t ts_ns) noexcept nogil:
+    pkt_reset(b, i, 0, port_in)
+    b.meta[i].flags = PKT_F_OVERSIZE
+    b.meta[i].ts_ns = ts_ns
+    return False
+
+
 cdef inline bint emit(burst_t *b, uint32_t i, const uint8_t *p, uint32_t caplen, uint32_t lt,
                       uint16_t port_in, uint64_t ts_ns) noexcept nogil:
-    """Copy one record into slot i as an Ethernet frame. False: it does not fit the slot."""
+    """Copy one record into slot i as an Ethernet frame. False: it does not fit the slot, so the
+    slot gets an empty frame flagged PKT_F_OVERSIZE (the parser drops it as `oversize`): every
+    record stays one packet, and traces keep their input indexes."""
     cdef uint32_t room = b.slot_size - SLOT_HEADROOM
     cdef uint32_t hlen, plen
     cdef uint16_t ethertype = 0
@@ -143,7 +152,7 @@ cdef inline bint emit(burst_t *b, uint32_t i, const uint8_t *p, uint32_t caplen,
         room = MAX_FRAME_LEN
     if lt == LT_ETHERNET:
         if caplen > room:
-            return False
+            return oversize(b, i, port_in, ts_ns)
         pkt_reset(b, i, <uint16_t>caplen, port_in)
         memcpy(pkt_data(b, i), p, caplen)
         b.meta[i].ts_ns = ts_ns
@@ -159,7 +168,7 @@ cdef inline bint emit(burst_t *b, uint32_t i, const uint8_t *p, uint32_t caplen,
     plen = caplen - hlen
     # The payload lands where an Ethernet frame would start; the header goes into the headroom.
     if plen > room or plen + ETH_HLEN > MAX_FRAME_LEN:
-        return False
+        return oversize(b, i, port_in, ts_ns)
     pkt_reset(b, i, <uint16_t>(plen + ETH_HLEN), port_in)
     b.meta[i].data_off = SLOT_HEADROOM - ETH_HLEN
     b.meta[i].ts_ns = ts_ns
@@ -343,10 +352,9 @@ cdef class PcapReader:
                 err = self._fail(E_CAPLEN_EOF, pos, caplen)
                 break
             ts = <uint64_t>rd32(d + pos, swap) * 1000000000ULL + <uint64_t>rd32(d + pos + 4, swap) * self.frac_mul
-            if emit(b, n, d + pos + 16, caplen, lt, port_in, ts):
-                n += 1
-            else:
-                self.skipped_oversize += 1
+            if not emit(b, n, d + pos + 16, caplen, lt, port_in, ts):
+                self.oversize += 1
+            n += 1
             pos += 16 + <size_t>caplen
         self.pos = pos
         b.n = n
@@ -433,10 +441,9 @@ cdef class PcapReader:
                         break
                     ts = iface_ts(f, (<uint64_t>rd32(body + 4, swap) << 32) | rd32(body + 8, swap))
                     body += 20
-                if emit(b, n, body, caplen, f.linktype, port_in, ts):
-                    n += 1
-                else:
-                    self.skipped_oversize += 1
+                if not emit(b, n, body, caplen, f.linktype, port_in, ts):
+                    self.oversize += 1
+                n += 1
             elif btype == NG_SHB:
                 if body_len < 16:
                     err = self._fail(E_BLOCK_BODY, pos, blen)

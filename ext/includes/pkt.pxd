@@ -48,6 +48,7 @@ cdef enum:
     PKT_F_IP_OPTIONS = 0x0020  # IPv4 options present (IHL > 5)
     PKT_F_IP6_EXT = 0x0040     # IPv6 extension headers present
     PKT_F_CSUM_PARTIAL = 0x0080  # L4 checksum left for the NIC (live veth offload)
+    PKT_F_OVERSIZE = 0x0100    # frame did not fit its slot: delivered empty, dropped as oversize
 
 # One flow tuple, shared by conntrack, load balancing and NAT. Addresses stay in network byte
 # order as 4 words so v4 and v6 share one layout (v4 uses word 0, the rest are zero); ports are in

@@ -139,15 +139,20 @@ def test_truncated_records_delivered_as_captured():
 
 
 @needs_corpus
-def test_oversize_frames_skipped_and_counted():
+def test_oversize_frames_flagged_and_counted():
     path = PCAPS / "tcpdump__print-flags.pcap"
     burst = Burst()
     with PcapReader(path) as r:
-        assert r.fill(burst) == 9
+        assert r.fill(burst) == 10
         frames = burst.frames()
-        assert r.skipped_oversize == 1 and r.packets_read == 9
+        flags = [burst.meta(i)["flags"] for i in range(10)]
+        assert r.oversize == 1 and r.packets_read == 10
         assert r.fill(burst) == 0
-    assert frames == [p.original for p in scapy_all.rdpcap(str(path)) if len(p.original) <= 2048]
+    expected = [p.original for p in scapy_all.rdpcap(str(path))]
+    big = [i for i, f in enumerate(expected) if len(f) > burst.max_frame]
+    assert len(big) == 1
+    assert [bool(f & 0x100) for f in flags] == [i in big for i in range(10)]
+    assert frames == [b"" if i in big else f for i, f in enumerate(expected)]
 
 
 # --- hand-built files ---------------------------------------------------------------------
