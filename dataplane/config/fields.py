@@ -169,14 +169,14 @@ class Obj:
             {unique: lambda v: v} if unique else {})
 
     def objects(self, key: str, fields: Iterable[str] | None, parse: Callable[[Obj], Any], *,
-                unique: Mapping[str, Callable[[Any], Hashable | None]] = {}) -> tuple:
+                unique: Mapping[str, Callable[[Any], Hashable | None]] | None = None) -> tuple:
         """A list of mappings, each parsed by `parse`; `unique` maps a label to a key
         function (returning None to skip the item) that must not repeat."""
         fields = None if fields is None else frozenset(fields)
         return self._collect(
             key,
             ((p, lambda p=p, v=v: parse(Obj(v, p, self.errors, fields))) for p, v in self._items(key)),
-            unique)
+            unique or {})
 
 
 # ---- value validators: value -> parsed value, ValueError with a message ----

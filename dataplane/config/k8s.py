@@ -9,6 +9,7 @@ parts we use. KubeProxyConfiguration is strict at the top level, as in kube-prox
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from .fields import (Invalid, IPAddress, IPNetwork, Obj, dns1035_label, dns_label, dns_subdomain, go_duration,
                      iana_svc_name, in_range, ip_address, ip_network, non_special_ip, one_of, port_number)
@@ -29,7 +30,7 @@ def _family(addr: IPAddress | IPNetwork) -> str:
     return f"IPv{addr.version}"
 
 
-def _metadata(o: Obj, namespaced: bool, name: callable) -> tuple[str | None, str, dict[str, str]]:
+def _metadata(o: Obj, namespaced: bool, name: Callable[[str], str]) -> tuple[str | None, str, dict[str, str]]:
     m = o.obj("metadata", METADATA_FIELDS)
     if m is None:
         raise Invalid(o.at("metadata"), "required field is missing")
