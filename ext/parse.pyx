@@ -19,7 +19,8 @@ import numpy as np
 from dataplane.includes.pkt cimport (
     burst_t, pkt_meta, pkt_tuple, pkt_data, pkt_drop, V_PENDING, L3_IP4, L3_IP6, L3_ARP,
     PKT_F_L4, PKT_F_FRAGMENT, PKT_F_LATER_FRAG, PKT_F_ICMP_ERROR, PKT_F_INNER_L4,
-    PKT_F_IP_OPTIONS, PKT_F_IP6_EXT, DROP_NONE, DROP_TRUNCATED, DROP_BAD_ETHERTYPE,
+    PKT_F_IP_OPTIONS, PKT_F_IP6_EXT, PKT_F_OVERSIZE, PKT_F_RX_MASK, DROP_NONE, DROP_TRUNCATED,
+    DROP_OVERSIZE, DROP_BAD_ETHERTYPE,
     DROP_BAD_VERSION, DROP_BAD_IHL, DROP_BAD_LEN, DROP_BAD_L4_LEN, DROP_BAD_EXT_HDR,
     DROP_TOO_MANY_VLANS, DROP_N_REASONS, CNT_RX, CNT_IP4, CNT_IP6, CNT_ARP, CNT_VLAN,
     CNT_FRAGMENT, CNT_ICMP_ERROR, CNT_N_COUNTERS,
@@ -58,15 +59,21 @@ cdef void parse_burst(burst_t *b, uint64_t *cnt, uint64_t *drops) noexcept nogil
     cdef uint32_t i
     cdef pkt_meta *m
     cdef uint8_t why
+    cdef uint16_t rx_flags
     for i in range(b.n):
         if b.verdict[i] != V_PENDING:
             continue
         m = &b.meta[i]
         # Clear what this stage owns (l3_off..icmp_code, hash, tuples) so a re-parse starts clean;
-        # slot, length, port and timestamp fields belong to the receive path.
+        # slot, length, port, timestamp and the receive path's flags are not ours.
+        rx_flags = m.flags & PKT_F_RX_MASK
         memset(&m.l3_off, 0, <char *>&m.nexthop - <char *>&m.l3_off)
         memset(&m.hash, 0, <char *>(m + 1) - <char *>&m.hash)
+        m.flags = rx_flags
         cnt[<int>CNT_RX] += 1
+        if rx_flags & PKT_F_OVERSIZE:
+            pkt_drop(b, i, DROP_OVERSIZE, drops)
+            continue
         why = parse_pkt(pkt_data(b, i), m)
         if why != DROP_NONE:
             pkt_drop(b, i, why, drops)

@@ -52,8 +52,8 @@ cdef class PcapWriter:
     cdef size_t buf_cap
     cdef readonly uint64_t packets_written
 
-    # verdict < 0 writes every frame, else only frames whose verdict equals it.
-    cdef Py_ssize_t write_burst(self, burst_t *b, int verdict) except -1
+    # Writes the frames whose verdict bit is set in verdict_mask (1 << V_FORWARD | ...).
+    cdef Py_ssize_t write_burst(self, burst_t *b, uint32_t verdict_mask) except -1
     cdef size_t _put(self, uint8_t *p, const uint8_t *frame, uint32_t length,
                      uint64_t ts_ns) noexcept nogil
     cdef int _reserve(self, size_t need) except -1

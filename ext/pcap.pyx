@@ -597,11 +597,18 @@ cdef class PcapWriter:
         free(self.buf)
 
     def write(self, Burst burst not None, verdict=None):
-        """Write the burst's frames (only those whose verdict equals `verdict` if given) with
-        their ts_ns timestamps; returns how many were written."""
-        if verdict is not None and not 0 <= verdict <= 255:
-            raise ValueError(f"verdict {verdict} out of range")
-        return self.write_burst(&burst.b, -1 if verdict is None else verdict)
+        """Write the burst's frames with their ts_ns timestamps: all of them, or only those whose
+        verdict is `verdict` (an int, or a collection of ints: what a pipeline transmits is
+        forwarded and rejected frames alike). Returns how many were written."""
+        cdef uint32_t mask = 0
+        if verdict is None:
+            mask = 0xFFFFFFFFU
+        else:
+            for v in ((verdict,) if isinstance(verdict, int) else verdict):
+                if not 0 <= v < 32:
+                    raise ValueError(f"verdict {v} out of range")
+                mask |= 1U << v
+        return self.write_burst(&burst.b, mask)
 
     def write_frame(self, frame, uint64_t ts_ns=0):
         """Write one frame given as bytes (tests and tools)."""
@@ -615,20 +622,20 @@ cdef class PcapWriter:
         self._flush(self._put(self.buf, &data[0] if n else self.buf, <uint32_t>n, ts_ns))
         self.packets_written += 1
 
-    cdef Py_ssize_t write_burst(self, burst_t *b, int verdict) except -1:
+    cdef Py_ssize_t write_burst(self, burst_t *b, uint32_t verdict_mask) except -1:
         cdef size_t need = 0, used = 0
         cdef uint32_t i, count = 0, length
         if self.fd < 0:
             raise ValueError("write to a closed PcapWriter")
         for i in range(b.n):
-            if verdict < 0 or b.verdict[i] == verdict:
+            if verdict_mask >> b.verdict[i] & 1:
                 length = b.meta[i].len if b.meta[i].len < self.snaplen else self.snaplen
                 need += 32 + length + 3
         if need == 0:
             return 0
         self._reserve(need)
         for i in range(b.n):
-            if verdict < 0 or b.verdict[i] == verdict:
+            if verdict_mask >> b.verdict[i] & 1:
                 used += self._put(self.buf + used, pkt_data(b, i), b.meta[i].len, b.meta[i].ts_ns)
                 count += 1
         self._flush(used)

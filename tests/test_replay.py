@@ -221,3 +221,12 @@ def test_demo_runs(capsys):
     assert summary["packets"] == 1010
     assert summary["counters"]["routed"] > 0 and summary["counters"]["local"] > 0
     assert summary["drops"]["ttl_expired"] == 20
+
+
+def test_frames_larger_than_a_slot_are_oversize_drops(run_replay):
+    big = ether() / IP(src="10.244.0.11", dst="10.244.1.5") / UDP() / Raw(bytes(3000))
+    code, outs, records, _ = run_replay([ether() / IP(dst="10.244.1.5") / UDP(), big,
+                                         ether() / IP(dst="10.244.1.5") / UDP()])
+    assert code == 0 and len(outs) == 2
+    assert [(r["index"], r["verdict"], r["reason"]) for r in records] == [
+        (0, "forward", None), (1, "drop", "oversize"), (2, "forward", None)]

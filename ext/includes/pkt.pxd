@@ -15,7 +15,8 @@ cdef extern from "reasons.h" nogil:
 
     enum:
         CNT_RX, CNT_IP4, CNT_IP6, CNT_ARP, CNT_VLAN, CNT_FRAGMENT, CNT_ICMP_ERROR,
-        CNT_ROUTED, CNT_LOCAL, CNT_TX, CNT_N_COUNTERS
+        CNT_CT_NEW, CNT_CT_ESTABLISHED, CNT_CT_REPLY, CNT_CT_RELATED, CNT_DNAT, CNT_SNAT,
+        CNT_REJECT, CNT_ROUTED, CNT_LOCAL, CNT_TX, CNT_N_COUNTERS
     const char *const counter_strings[]
 
 cdef enum:
@@ -49,6 +50,7 @@ cdef enum:
     PKT_F_IP6_EXT = 0x0040     # IPv6 extension headers present
     PKT_F_CSUM_PARTIAL = 0x0080  # L4 checksum left for the NIC (live veth offload)
     PKT_F_OVERSIZE = 0x0100    # frame did not fit its slot: delivered empty, dropped as oversize
+    PKT_F_RX_MASK = 0x0180     # flags set by the receive path (the parser keeps them)
 
 # One flow tuple, shared by conntrack, load balancing and NAT. Addresses stay in network byte
 # order as 4 words so v4 and v6 share one layout (v4 uses word 0, the rest are zero); ports are in

@@ -51,6 +51,13 @@ static const char *const drop_reason_strings[] = {
   _(VLAN, "vlan")               /* frames with at least one VLAN tag */   \
   _(FRAGMENT, "fragment")       /* IP fragments (any) */                  \
   _(ICMP_ERROR, "icmp_error")   /* ICMP/ICMPv6 errors with inner header */\
+  _(CT_NEW, "ct_new")           /* connections created by conntrack */    \
+  _(CT_ESTABLISHED, "ct_established") /* tracked, original direction */ \
+  _(CT_REPLY, "ct_reply")       /* tracked, reply direction */            \
+  _(CT_RELATED, "ct_related")   /* ICMP errors translated for a flow */   \
+  _(DNAT, "dnat")               /* new connections to a Service backend */\
+  _(SNAT, "snat")               /* new connections masqueraded */         \
+  _(REJECT, "reject")           /* RST / port unreachable sent back */    \
   _(ROUTED, "routed")           /* forwarded by the route stage */        \
   _(LOCAL, "local")             /* delivered to this node */              \
   _(TX, "tx")                   /* frames transmitted */

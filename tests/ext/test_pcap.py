@@ -427,6 +427,9 @@ def test_write_verdict_filter(tmp_path, fmt):
         assert w.write(burst, verdict=4) == 0
         assert w.packets_written == 2
     assert read_all(path) == [WFRAMES[0], WFRAMES[2]]
+    with PcapWriter(path, format=fmt) as w:   # several verdicts: forwarded and local
+        assert w.write(burst, verdict=(1, 2)) == 3
+    assert read_all(path) == [WFRAMES[0], WFRAMES[2], WFRAMES[4]]
 
 
 @pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
