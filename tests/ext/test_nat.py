@@ -442,3 +442,34 @@ def test_crc32c_matches_scapy():
     for n in (0, 1, 7, 8, 9, 63, 1500):
         data = bytes((i * 37 + n) & 0xFF for i in range(n))
         assert struct.pack("<I", nat.sctp_crc32c(data)) == struct.pack(">I", scapy_crc32c(data))
+
+
+def test_never_reads_past_the_frame():
+    """Each operation on the same frames with 0x00 and with 0xff behind them in the slot: a read
+    past the frame end would show up as a difference."""
+    s4, d4, n4, _ = ADDR[4]
+    s6, d6, n6, _ = ADDR[6]
+    cases = [
+        (frame(4, "tcp", s4, d4, 1, 2), lambda b, i: nat.rewrite(b, i, dst=n4, dport=9)),
+        (frame(6, "udp", s6, d6, 1, 2), lambda b, i: nat.rewrite(b, i, src=n6, sport=9)),
+        (frame(4, "sctp", s4, d4, 1, 2), lambda b, i: nat.rewrite(b, i, dport=9)),
+        (frame(6, "echo", s6, d6, 7, 7), lambda b, i: nat.rewrite(b, i, sport=9, dport=9)),
+        (icmp_err(4, IP(src=s4, dst=d4) / TCP(sport=1, dport=2), 28),
+         lambda b, i: nat.rewrite_icmp_error(b, i, inner_dst=n4, inner_dport=9, outer_src=n4)),
+        (icmp_err(6, IPv6(src=s6, dst=d6) / SCTP(sport=1, dport=2)),
+         lambda b, i: nat.rewrite_icmp_error(b, i, inner_dst=n6, inner_dport=9, outer_src=n6)),
+        (frame(4, "tcp", s4, d4, 1, 2), nat.tcp_rst),
+        (frame(6, "tcp", s6, d6, 1, 2), nat.tcp_rst),
+        (frame(4, "udp", s4, d4, 1, 2), nat.icmp_unreach),
+        (frame(6, "udp", s6, d6, 1, 2), nat.icmp_unreach),
+    ]
+    results = []
+    for fill in (0x00, 0xFF):
+        b = Burst(capacity=len(cases))
+        b.extend([bytes([fill]) * b.max_frame] * len(cases))
+        b.clear()
+        b.extend(bytes(pkt) for pkt, _ in cases)
+        parse(b)
+        assert [op(b, i) for i, (_, op) in enumerate(cases)] == [0] * len(cases)
+        results.append([(b.frame(i), b.meta(i)) for i in range(len(b))])
+    assert results[0] == results[1]
