@@ -12,19 +12,20 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from dataplane.includes.pkt cimport pkt_tuple
 
-cdef enum:
+# cpdef enums are also module-level ints of dataplane.conntrack.
+cpdef enum:
     CT_DIR_ORIG = 0
     CT_DIR_REPLY = 1
 
 # ct_create() errors (an index is >= 0).
-cdef enum:
+cpdef enum:
     CT_ERR_FULL = -1          # no free entry (stats full_drops)
     CT_ERR_COLLISION = -2     # reply tuple taken by another entry: pick another NAT port
     CT_ERR_EXISTS = -3        # orig tuple already tracked: the caller should have looked it up
 
 # ct_update() results, Cilium's vocabulary. CT_NEW / CT_RELATED are for the pipeline (lookup miss,
 # ICMP error quoting a tracked flow); ct_update() itself returns the other four.
-cdef enum ct_status:
+cpdef enum:
     CT_NEW = 0
     CT_ESTABLISHED = 1        # accepted, direction ORIG
     CT_REPLY = 2              # accepted, direction REPLY
@@ -33,7 +34,7 @@ cdef enum ct_status:
     CT_REOPEN = 5             # SYN on a closed TCP entry: entry deleted, handle as a new flow
 
 # ct_entry.flags. DNAT / SNAT are the creator's; the rest belong to the table.
-cdef enum:
+cpdef enum:
     CT_F_SEEN_REPLY = 0x01    # a packet was accepted in direction REPLY
     CT_F_ASSURED = 0x02       # two-way traffic beyond the handshake (never early-dropped by Linux)
     CT_F_DNAT = 0x04
@@ -79,7 +80,7 @@ cdef enum:
 # SCTP chunk encoding for ct_update()'s tcp_flags argument: one bit per state-changing chunk type
 # present in the packet (the parser ORs them while walking the chunks). Chunks are applied in bit
 # order, low to high. DATA, SACK, HEARTBEAT(_ACK), ERROR etc. change no state: pass 0 for them.
-cdef enum:
+cpdef enum:
     SCTP_F_INIT = 0x01                # chunk type 1
     SCTP_F_INIT_ACK = 0x02            # 2
     SCTP_F_COOKIE_ECHO = 0x04         # 10

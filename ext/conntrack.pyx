@@ -134,14 +134,16 @@ cdef enum:
     P_UDP = 17
     P_ICMPV6 = 58
     P_SCTP = 132
+    NO_FREE = 0xffffffff
+    SECOND = 1000000000
+
+cpdef enum:
     TCP_FIN = 0x01
     TCP_SYN = 0x02
     TCP_RST = 0x04
     TCP_PSH = 0x08
     TCP_ACK = 0x10
     TCP_URG = 0x20
-    NO_FREE = 0xffffffff
-    SECOND = 1000000000
 
 # Entry 128 bytes keeps each entry on two whole cache lines; tuples are compared as 40 bytes.
 if sizeof(ct_entry) != 128 or sizeof(pkt_tuple) != 40:
@@ -580,7 +582,7 @@ cdef class Conntrack:
     @property
     def timeouts(self):
         """Effective timeouts in seconds, by sysctl-style name."""
-        return {name: self.tmo[<int>i] / SECOND for name, i in _TMO_INDEX.items()}
+        return {name: self.tmo[<int>i] / <double>SECOND for name, i in _TMO_INDEX.items()}
 
     @property
     def memory_bytes(self):
