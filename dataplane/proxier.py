@@ -1,0 +1,408 @@
+"""Services and EndpointSlices -> LBTable, the way kube-proxy turns them into rules.
+
+    proxier = Proxier.from_config(config, conntrack=ct)   # or Proxier(node_name, node_ips, ...)
+    proxier.apply(config)                                  # full load: a new table generation
+    proxier.on_endpoint_slice(old, new)                    # informer events: recorded only
+    result = proxier.sync()                                # applies just what changed
+    pipeline reads proxier.lb
+
+What follows kube-proxy (kubernetes/kubernetes pkg/proxy):
+- servicechangetracker.go / endpointschangetracker.go: changes are kept as (previous, current)
+  per object; a change that ends where it started is dropped; sync() applies the rest.
+- serviceport.go newBaseServiceInfo: one entry per Service port and IP family, with that
+  family's ClusterIP, externalIPs, load-balancer VIPs (ipMode Proxy already left out by the
+  config loader) and source ranges; a zero CIDR in loadBalancerSourceRanges means "any".
+  Headless and ExternalName Services, and families without a ClusterIP, are not programmed.
+- endpointslicecache.go: endpoints are grouped by (Service, slice port name, protocol): a Service
+  port takes the port number its EndpointSlices publish under the Service port's name (that is
+  how a named targetPort reaches the proxy: the EndpointSlice controller resolved it per pod).
+  Only addresses of the proxier's family count, the first address of an endpoint is used, and
+  duplicates across slices collapse to one, preferring the copy that is local to this node.
+- topology.go CategorizeEndpoints: the cluster set is the ready endpoints (filtered by zone
+  hints when every ready endpoint has them and one is for this node's zone), else the serving
+  and terminating ones; the local set is computed the same way among this node's endpoints.
+- util/nodeport_addresses.go: nodePortAddresses CIDRs are per family; a family without any
+  CIDR (or an empty list) keeps NodePorts on all of its node IPs; "primary" means the node's
+  primary IP of each family.
+- conntrack cleanup (proxier CleanStaleEntries): when an endpoint (ip, port, protocol) stops
+  serving for every Service, its UDP/SCTP entries are flushed so datagrams stop going to it.
+  TCP is never flushed: its connections end on their own (RST from the gone endpoint).
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from .config.k8s import EndpointSlice, KubeProxyConfig, Service
+from .lb import DEFAULT_MAGLEV_M, FE_EXTERNAL, FE_LOCAL, LBTable
+
+__all__ = ["ALGORITHMS", "ChangeTracker", "Proxier", "SyncResult"]
+
+ALGORITHMS = ("random", "maglev")
+FLUSHED_PROTOCOLS = {"UDP": 17, "SCTP": 132}   # conntrack.flush takes the protocol number
+_EXTERNAL_TYPES = ("NodePort", "LoadBalancer")
+
+
+@dataclass
+class SyncResult:
+    """What one sync (or apply) did. Services are (namespace, name)."""
+    services_changed: set[tuple[str, str]] = field(default_factory=set)   # frontends/policies changed
+    endpoints_changed: set[tuple[str, str]] = field(default_factory=set)  # only endpoint sets changed
+    stale_endpoints: list[tuple[str, int, str]] = field(default_factory=list)  # (ip, port, protocol) gone
+    flushed: int = 0                                                      # conntrack entries removed
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)   # Services left as they were; retried next sync
+
+
+class ChangeTracker:
+    """(previous, current) per object key, as kube-proxy's change trackers: a later change keeps
+    the first `previous`, and a change whose current equals its previous is dropped."""
+
+    def __init__(self):
+        self.items: dict[Any, list] = {}
+
+    def update(self, key, previous, current) -> bool:
+        """Record a change; True if the object now differs from what was last applied."""
+        change = self.items.get(key)
+        if change is None:
+            change = self.items[key] = [previous, current]
+        else:
+            change[1] = current
+        if change[0] == change[1]:
+            del self.items[key]
+            return False
+        return True
+
+    def pending(self) -> bool:
+        return bool(self.items)
+
+    def take(self) -> dict[Any, list]:
+        items, self.items = self.items, {}
+        return items
+
+
+@dataclass(frozen=True)
+class _Port:
+    """One Service port of one family as installed: what decides set_service vs update."""
+    frontends: tuple
+    affinity: int
+    cluster: tuple          # (ip, port) pairs, table order
+    local: tuple
+    serving: frozenset      # (ip, port, protocol) the port keeps alive (conntrack refcount)
+
+
+def _net(n) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return n if isinstance(n, (ipaddress.IPv4Network, ipaddress.IPv6Network)) else ipaddress.ip_network(n, strict=False)
+
+
+class Proxier:
+    """Keeps the LBTable (`lb`) in step with Services and EndpointSlices for one node."""
+
+    def __init__(self, node_name: str, node_ips: Iterable, cluster_cidrs: Iterable = (),
+                 kube_proxy: KubeProxyConfig | None = None, conntrack=None, algorithm: str = "random",
+                 non_masquerade_cidrs: Iterable | None = None, node_zone: str | None = None,
+                 maglev_m: int = DEFAULT_MAGLEV_M, seed: int | None = None):
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
+        self.node_name = node_name
+        self.node_ips = tuple(ipaddress.ip_address(a) if isinstance(a, str) else a for a in node_ips)
+        self.kube_proxy = kube_proxy or KubeProxyConfig()
+        # kube-proxy's local detector: the cluster CIDRs given here, else clusterCIDR.
+        self.cluster_cidrs = tuple(map(_net, cluster_cidrs)) or self.kube_proxy.cluster_cidrs
+        self.non_masquerade_cidrs = None if non_masquerade_cidrs is None else tuple(map(_net, non_masquerade_cidrs))
+        self.node_zone = node_zone
+        self.conntrack = conntrack
+        self.algorithm = algorithm
+        self.maglev_m = maglev_m
+        self.seed = seed
+        self._services_tracker = ChangeTracker()
+        self._slices_tracker = ChangeTracker()
+        self._reset()
+        self.lb = self._new_table((), capacity=1024)
+
+    @classmethod
+    def from_config(cls, config, **kwargs) -> "Proxier":
+        """A Proxier for the node a loaded Config describes (DataplaneConfiguration nodeName,
+        nodeIPs and clusterCIDRs; KubeProxyConfiguration), with the config applied."""
+        dp = config.dataplane
+        if config.node_name is None:
+            raise ValueError("the configuration names no node (DataplaneConfiguration nodeName or hostnameOverride)")
+        kwargs.setdefault("cluster_cidrs", dp.cluster_cidrs if dp else ())
+        proxier = cls(config.node_name, dp.node_ips if dp else (), kube_proxy=config.kube_proxy, **kwargs)
+        proxier.apply(config)
+        return proxier
+
+    # ---- state ----
+
+    def _reset(self):
+        self._services: dict[tuple[str, str], Service] = {}
+        self._slices: dict[tuple[str, str], dict[str, EndpointSlice]] = {}   # service -> slice name -> slice
+        self._installed: dict[tuple[str, str], dict[tuple, _Port]] = {}     # service -> port key -> state
+        self._owners: dict[tuple, tuple] = {}        # frontend (addr, port, proto) -> port key
+        self._serving: dict[tuple, int] = {}         # (ip, port, protocol) -> Service ports using it
+        self._ids: dict[tuple, int] = {}             # (ip, port, protocol) -> backend id
+        self._gone: set[tuple] = set()               # stopped serving since the last flush
+        self._next_id = 1
+        self._retry: set[tuple[str, str]] = set()
+
+    def _new_table(self, on_link, capacity: int) -> LBTable:
+        nonmasq = self.non_masquerade_cidrs
+        if nonmasq is None:     # default: pod networks and the node's connected networks
+            nonmasq = self.cluster_cidrs + tuple(on_link)
+        return LBTable(node_ips=self.node_ips, cluster_cidrs=self.cluster_cidrs, non_masquerade_cidrs=nonmasq,
+                       masquerade_all=self.kube_proxy.masquerade_all, maglev_m=self.maglev_m,
+                       capacity=max(1024, capacity), seed=self.seed)
+
+    # ---- informer handlers ----
+
+    def on_service(self, old: Service | None, new: Service | None) -> bool:
+        return self._services_tracker.update(_key(old or new), old, new)
+
+    def on_endpoint_slice(self, old: EndpointSlice | None, new: EndpointSlice | None) -> bool:
+        return self._slices_tracker.update(_key(old or new), old, new)
+
+    # ---- full load ----
+
+    def apply(self, config) -> SyncResult:
+        """Program exactly the Services and EndpointSlices of `config` into a new table
+        generation and make it current; pending handler changes are superseded."""
+        result = SyncResult()
+        old_serving = self._serving
+        self._services_tracker.take()
+        self._slices_tracker.take()
+        self._reset()
+        if config.node_name is not None and config.node_name != self.node_name:
+            result.warnings.append(f"config is for node {config.node_name!r}, this proxier is {self.node_name!r}")
+        zone = next((n.zone for n in config.nodes if n.name == self.node_name), None)
+        self.node_zone = zone or self.node_zone
+        on_link = tuple(r.prefix for r in config.dataplane.routes if r.via is None) if config.dataplane else ()
+        for s in config.endpoint_slices:
+            if s.ignored is None:
+                self._slices.setdefault((s.namespace, s.service_name), {})[s.name] = s
+        self._services = {(s.namespace, s.name): s for s in config.services}
+        table = self._new_table(on_link, capacity=2 * sum(len(s.ports) for s in config.services))
+        for key in sorted(self._services):
+            self._sync_service(table, key, result)
+        self.lb = table
+        self._flush(old_serving.keys() - self._serving.keys(), result)
+        return result
+
+    # ---- incremental ----
+
+    def sync(self) -> SyncResult:
+        """Apply the recorded changes to the current table; only touched Services are rebuilt."""
+        result = SyncResult()
+        touched = set(self._retry)
+        self._retry.clear()
+        for key, (_, current) in self._services_tracker.take().items():
+            touched.add(key)
+            if current is None:
+                self._services.pop(key, None)
+            else:
+                self._services[key] = current
+        for (namespace, name), (previous, current) in self._slices_tracker.take().items():
+            for s in (previous, current):
+                if s is not None and s.service_name is not None:
+                    touched.add((namespace, s.service_name))
+                    self._slices.get((namespace, s.service_name), {}).pop(name, None)
+            if current is not None and current.ignored is None:
+                self._slices.setdefault((namespace, current.service_name), {})[name] = current
+        for key in sorted(touched):
+            self._sync_service(self.lb, key, result)
+        gone, self._gone = self._gone, set()
+        self._flush(gone, result)
+        return result
+
+    # ---- one Service ----
+
+    def _sync_service(self, table: LBTable, svc_key: tuple[str, str], result: SyncResult):
+        installed = self._installed.get(svc_key, {})
+        service = self._services.get(svc_key)
+        try:
+            desired = self._desired(service) if service is not None else {}
+        except ValueError as e:
+            result.errors.append(f"Service {svc_key[0]}/{svc_key[1]}: {e}")
+            self._retry.add(svc_key)
+            return
+        changed_frontends = changed_endpoints = False
+        for port_key in installed.keys() - desired.keys():
+            if port_key in table:
+                table.remove_service(port_key)
+            self._release(port_key, installed[port_key])
+            changed_frontends = True
+        new_installed = {}
+        for port_key, want in desired.items():
+            have = installed.get(port_key)
+            want = self._claim(port_key, want, have, result)
+            # Count first so new endpoints have ids; undone if the table refuses the update.
+            self._refcount(have.serving if have else frozenset(), want.serving)
+            try:
+                cluster = [(ip, port, self._ids.get((ip, port, port_key[3]), 0)) for ip, port in want.cluster]
+                local = [(ip, port, self._ids.get((ip, port, port_key[3]), 0)) for ip, port in want.local]
+                if have is None or have.frontends != want.frontends or have.affinity != want.affinity:
+                    if not want.frontends:
+                        if have is not None:
+                            table.remove_service(port_key)
+                    else:
+                        table.set_service(port_key, want.frontends, cluster, local, affinity_timeout=want.affinity,
+                                          maglev=self.algorithm == "maglev")
+                    changed_frontends = True
+                elif have.cluster != want.cluster or have.local != want.local:
+                    if want.frontends:
+                        table.update_endpoints(port_key, cluster, local)
+                    changed_endpoints = True
+            except (ValueError, MemoryError) as e:
+                result.errors.append(f"Service {svc_key[0]}/{svc_key[1]} port {port_key[2] or port_key[3]}: {e}")
+                self._retry.add(svc_key)
+                self._refcount(want.serving, have.serving if have else frozenset())
+                self._claim(port_key, have or _Port((), 0, (), (), frozenset()), want, result)
+                if have is not None:
+                    new_installed[port_key] = have
+                continue
+            new_installed[port_key] = want
+            if have is not None and have.serving != want.serving:
+                changed_endpoints = True
+        if new_installed:
+            self._installed[svc_key] = new_installed
+        else:
+            self._installed.pop(svc_key, None)
+        if changed_frontends:
+            result.services_changed.add(svc_key)
+        elif changed_endpoints:
+            result.endpoints_changed.add(svc_key)
+
+    def _claim(self, port_key, want: _Port, have: _Port | None, result: SyncResult) -> _Port:
+        """First Service to claim a frontend keeps it (ordered by namespace/name in apply)."""
+        kept = []
+        for fe in want.frontends:
+            owner = self._owners.get(fe[:3])
+            if owner is not None and owner != port_key:
+                result.warnings.append(f"{port_key[0]}/{port_key[1]}: {fe[0]}:{fe[1]}/{fe[2]} is already used by "
+                                       f"{owner[0]}/{owner[1]}; skipped")
+                continue
+            kept.append(fe)
+        if have is not None:
+            for fe in have.frontends:
+                self._owners.pop(fe[:3], None)
+        for fe in kept:
+            self._owners[fe[:3]] = port_key
+        if len(kept) != len(want.frontends):
+            want = _Port(tuple(kept), want.affinity, want.cluster, want.local, want.serving)
+        return want
+
+    def _release(self, port_key, have: _Port):
+        for fe in have.frontends:
+            if self._owners.get(fe[:3]) == port_key:
+                del self._owners[fe[:3]]
+        self._refcount(have.serving, frozenset())
+
+    def _refcount(self, old: frozenset, new: frozenset):
+        for ep in new - old:
+            n = self._serving.get(ep, 0)
+            self._serving[ep] = n + 1
+            if n == 0:
+                self._gone.discard(ep)
+                if ep not in self._ids:
+                    self._ids[ep] = self._next_id
+                    self._next_id += 1
+        for ep in old - new:
+            n = self._serving[ep] - 1
+            if n:
+                self._serving[ep] = n
+            else:
+                del self._serving[ep]
+                self._ids.pop(ep, None)
+                self._gone.add(ep)
+
+    def _flush(self, gone, result: SyncResult):
+        for ep in sorted(gone, key=str):
+            result.stale_endpoints.append(ep)
+            proto = FLUSHED_PROTOCOLS.get(ep[2])
+            if proto is not None and self.conntrack is not None:
+                result.flushed += self.conntrack.flush(ep[0], ep[1], proto) or 0
+
+    # ---- model -> table entries ----
+
+    def _desired(self, svc: Service) -> dict[tuple, _Port]:
+        if svc.ignored is not None:
+            return {}
+        slices = self._slices.get((svc.namespace, svc.name), {})
+        external_local = svc.type in _EXTERNAL_TYPES and svc.external_traffic_policy == "Local"
+        internal_local = svc.internal_traffic_policy == "Local"
+        affinity = (svc.session_affinity_timeout or 0) if svc.session_affinity == "ClientIP" else 0
+        out = {}
+        for cluster_ip in svc.cluster_ips:     # at most one per family
+            family = cluster_ip.version
+            node_ips = self._node_port_ips(family)
+            external_ips = [a for a in svc.external_ips if a.version == family]
+            vips = [a for a in svc.load_balancer_ips if a.version == family]
+            ranges = [n for n in svc.load_balancer_source_ranges if n.version == family]
+            if any(n.prefixlen == 0 for n in ranges):
+                ranges = []
+            if ranges and any(ip in n for n in ranges for ip in self._primary(family)):
+                # nftables proxier allowFromNode: the VIP loops back as the source.
+                ranges += [ipaddress.ip_network(v) for v in vips]
+            by_port = _endpoints_by_port(slices.values(), f"IPv{family}", self.node_name)
+            for sp in svc.ports:
+                key = (svc.namespace, svc.name, sp.name, sp.protocol, family)
+                ext_flags = FE_EXTERNAL | (FE_LOCAL if external_local else 0)
+                frontends = [(cluster_ip, sp.port, sp.protocol, FE_LOCAL if internal_local else 0, ())]
+                frontends += [(a, sp.port, sp.protocol, ext_flags, ()) for a in external_ips]
+                frontends += [(a, sp.port, sp.protocol, ext_flags, tuple(ranges)) for a in vips]
+                if sp.node_port:
+                    frontends += [(a, sp.node_port, sp.protocol, ext_flags, ()) for a in node_ips]
+                accessible = bool(sp.node_port and node_ips) or bool(external_ips) or bool(vips)
+                eps = by_port.get((sp.name, sp.protocol), {})
+                cluster, local = _categorize(eps.values(), internal_local or (external_local and accessible),
+                                             self.node_zone)
+                serving = frozenset((e[0], e[1], sp.protocol) for e in eps.values() if e[2] or e[3])
+                out[key] = _Port(tuple(frontends), affinity, cluster, local, serving)
+        return out
+
+    def _primary(self, family: int) -> list:
+        return [a for a in self.node_ips if a.version == family][:1]
+
+    def _node_port_ips(self, family: int) -> list:
+        kp = self.kube_proxy
+        if kp.node_port_primary:
+            return self._primary(family)
+        cidrs = [n for n in kp.node_port_addresses if n.version == family]
+        return [a for a in self.node_ips if a.version == family and (not cidrs or any(a in n for n in cidrs))]
+
+
+def _key(obj) -> tuple[str, str]:
+    return (obj.namespace, obj.name)
+
+
+def _endpoints_by_port(slices, address_type: str, node_name: str) -> dict[tuple[str, str], dict]:
+    """endpointslicecache.go endpointInfoByServicePort/addEndpoints: (port name, protocol) ->
+    {(ip, port): (ip, port, ready, serving, terminating, local, zone hints)}."""
+    out: dict[tuple[str, str], dict] = {}
+    for s in slices:
+        if s.address_type != address_type:
+            continue
+        for p in s.ports:
+            if not p.port:      # nil port ("all ports") is not supported by kube-proxy either
+                continue
+            eps = out.setdefault((p.name, p.protocol), {})
+            for e in s.endpoints:
+                ip = e.addresses[0]
+                local = e.node_name is not None and e.node_name == node_name
+                k = (ip, p.port)
+                if local or k not in eps:
+                    eps[k] = (ip, p.port, e.ready, e.serving, e.terminating, local, e.hint_zones)
+    return out
+
+
+def _categorize(eps, uses_local: bool, zone: str | None) -> tuple[tuple, tuple]:
+    """topology.go CategorizeEndpoints -> (cluster, local) as (ip, port) tuples."""
+    eps = sorted(eps, key=lambda e: (e[0], e[1]))
+    ready = [e for e in eps if e[2]]
+    if zone is not None and ready and all(e[6] for e in ready) and any(zone in e[6] for e in ready):
+        ready = [e for e in ready if zone in e[6]]       # canUseTopology / availableForTopology
+    cluster = ready or [e for e in eps if e[3] and e[4]]
+    local = []
+    if uses_local:
+        local = [e for e in eps if e[5] and e[2]] or [e for e in eps if e[5] and e[3] and e[4]]
+    return tuple((e[0], e[1]) for e in cluster), tuple((e[0], e[1]) for e in local)
