@@ -116,6 +116,8 @@ class Proxier:
         self.algorithm = algorithm
         self.maglev_m = maglev_m
         self.seed = seed
+        self._primary = {f: [a for a in self.node_ips if a.version == f][:1] for f in (4, 6)}
+        self._node_port_ips = {f: self._node_ports(f) for f in (4, 6)}
         self._services_tracker = ChangeTracker()
         self._slices_tracker = ChangeTracker()
         self._reset()
@@ -140,8 +142,9 @@ class Proxier:
         self._slices: dict[tuple[str, str], dict[str, EndpointSlice]] = {}   # service -> slice name -> slice
         self._installed: dict[tuple[str, str], dict[tuple, _Port]] = {}     # service -> port key -> state
         self._owners: dict[tuple, tuple] = {}        # frontend (addr, port, proto) -> port key
-        self._serving: dict[tuple, int] = {}         # (ip, port, protocol) -> Service ports using it
-        self._ids: dict[tuple, int] = {}             # (ip, port, protocol) -> backend id
+        # Endpoints as (ip as int, port, protocol, family):
+        self._serving: dict[tuple, int] = {}         # endpoint -> Service ports it serves
+        self._ids: dict[tuple, int] = {}             # endpoint -> backend id
         self._gone: set[tuple] = set()               # stopped serving since the last flush
         self._next_id = 1
         self._retry: set[tuple[str, str]] = set()
@@ -153,6 +156,13 @@ class Proxier:
         return LBTable(node_ips=self.node_ips, cluster_cidrs=self.cluster_cidrs, non_masquerade_cidrs=nonmasq,
                        masquerade_all=self.kube_proxy.masquerade_all, maglev_m=self.maglev_m,
                        capacity=max(1024, capacity), seed=self.seed)
+
+    def _node_ports(self, family: int) -> list:
+        kp = self.kube_proxy
+        if kp.node_port_primary:
+            return self._primary[family]
+        cidrs = [n for n in kp.node_port_addresses if n.version == family]
+        return [a for a in self.node_ips if a.version == family and (not cidrs or any(a in n for n in cidrs))]
 
     # ---- informer handlers ----
 
@@ -238,8 +248,9 @@ class Proxier:
             # Count first so new endpoints have ids; undone if the table refuses the update.
             self._refcount(have.serving if have else frozenset(), want.serving)
             try:
-                cluster = [(ip, port, self._ids.get((ip, port, port_key[3]), 0)) for ip, port in want.cluster]
-                local = [(ip, port, self._ids.get((ip, port, port_key[3]), 0)) for ip, port in want.local]
+                ids, proto, family = self._ids, port_key[3], port_key[4]
+                cluster = [(ip, port, ids[ip, port, proto, family]) for ip, port in want.cluster]
+                local = [(ip, port, ids[ip, port, proto, family]) for ip, port in want.local]
                 if have is None or have.frontends != want.frontends or have.affinity != want.affinity:
                     if not want.frontends:
                         if have is not None:
@@ -316,11 +327,12 @@ class Proxier:
                 self._gone.add(ep)
 
     def _flush(self, gone, result: SyncResult):
-        for ep in sorted(gone, key=str):
-            result.stale_endpoints.append(ep)
-            proto = FLUSHED_PROTOCOLS.get(ep[2])
+        for ip, port, protocol, family in sorted(gone):
+            ip = str(ipaddress.IPv4Address(ip) if family == 4 else ipaddress.IPv6Address(ip))
+            result.stale_endpoints.append((ip, port, protocol))
+            proto = FLUSHED_PROTOCOLS.get(protocol)
             if proto is not None and self.conntrack is not None:
-                result.flushed += self.conntrack.flush(ep[0], ep[1], proto) or 0
+                result.flushed += self.conntrack.flush(ip, port, proto) or 0
 
     # ---- model -> table entries ----
 
@@ -334,13 +346,13 @@ class Proxier:
         out = {}
         for cluster_ip in svc.cluster_ips:     # at most one per family
             family = cluster_ip.version
-            node_ips = self._node_port_ips(family)
+            node_ips, primary = self._node_port_ips[family], self._primary[family]
             external_ips = [a for a in svc.external_ips if a.version == family]
             vips = [a for a in svc.load_balancer_ips if a.version == family]
             ranges = [n for n in svc.load_balancer_source_ranges if n.version == family]
             if any(n.prefixlen == 0 for n in ranges):
                 ranges = []
-            if ranges and any(ip in n for n in ranges for ip in self._primary(family)):
+            if ranges and any(ip in n for n in ranges for ip in primary):
                 # nftables proxier allowFromNode: the VIP loops back as the source.
                 ranges += [ipaddress.ip_network(v) for v in vips]
             by_port = _endpoints_by_port(slices.values(), f"IPv{family}", self.node_name)
@@ -356,19 +368,10 @@ class Proxier:
                 eps = by_port.get((sp.name, sp.protocol), {})
                 cluster, local = _categorize(eps.values(), internal_local or (external_local and accessible),
                                              self.node_zone)
-                serving = frozenset((e[0], e[1], sp.protocol) for e in eps.values() if e[2] or e[3])
+                serving = frozenset((e[0], e[1], sp.protocol, family) for e in eps.values() if e[2] or e[3])
                 out[key] = _Port(tuple(frontends), affinity, cluster, local, serving)
         return out
 
-    def _primary(self, family: int) -> list:
-        return [a for a in self.node_ips if a.version == family][:1]
-
-    def _node_port_ips(self, family: int) -> list:
-        kp = self.kube_proxy
-        if kp.node_port_primary:
-            return self._primary(family)
-        cidrs = [n for n in kp.node_port_addresses if n.version == family]
-        return [a for a in self.node_ips if a.version == family and (not cidrs or any(a in n for n in cidrs))]
 
 
 def _key(obj) -> tuple[str, str]:
@@ -377,7 +380,8 @@ def _key(obj) -> tuple[str, str]:
 
 def _endpoints_by_port(slices, address_type: str, node_name: str) -> dict[tuple[str, str], dict]:
     """endpointslicecache.go endpointInfoByServicePort/addEndpoints: (port name, protocol) ->
-    {(ip, port): (ip, port, ready, serving, terminating, local, zone hints)}."""
+    {(ip, port): (ip, port, ready, serving, terminating, local, zone hints)}, addresses as ints
+    (cheap to hash; the table takes them as they are)."""
     out: dict[tuple[str, str], dict] = {}
     for s in slices:
         if s.address_type != address_type:
@@ -386,18 +390,17 @@ def _endpoints_by_port(slices, address_type: str, node_name: str) -> dict[tuple[
             if not p.port:      # nil port ("all ports") is not supported by kube-proxy either
                 continue
             eps = out.setdefault((p.name, p.protocol), {})
+            port = p.port
             for e in s.endpoints:
-                ip = e.addresses[0]
-                local = e.node_name is not None and e.node_name == node_name
-                k = (ip, p.port)
+                k = (int(e.addresses[0]), port)
+                local = e.node_name == node_name
                 if local or k not in eps:
-                    eps[k] = (ip, p.port, e.ready, e.serving, e.terminating, local, e.hint_zones)
+                    eps[k] = (k[0], port, e.ready, e.serving, e.terminating, local, e.hint_zones)
     return out
 
 
 def _categorize(eps, uses_local: bool, zone: str | None) -> tuple[tuple, tuple]:
     """topology.go CategorizeEndpoints -> (cluster, local) as (ip, port) tuples."""
-    eps = sorted(eps, key=lambda e: (e[0], e[1]))
     ready = [e for e in eps if e[2]]
     if zone is not None and ready and all(e[6] for e in ready) and any(zone in e[6] for e in ready):
         ready = [e for e in ready if zone in e[6]]       # canUseTopology / availableForTopology

@@ -21,6 +21,7 @@ import os
 
 from dataplane.includes.pkt cimport pkt_tuple
 from dataplane.includes.cidr cimport cidr_t, cidr_set_match
+from dataplane.includes.bytes cimport store_be32
 from dataplane.parse cimport tuple_hash
 
 __all__ = ["LBTable", "FE_EXTERNAL", "FE_LOCAL", "RESULTS", "DEFAULT_MAGLEV_M"]
@@ -386,8 +387,10 @@ cdef class LBTable:
     # Control plane
 
     cdef int _build_set(self, object backends, uint8_t family, bint maglev, lb_set *out) except -1:
-        """Python (address, port[, id]) tuples -> a fresh lb_set in *out (sorted by name)."""
+        """Python (address, port[, id]) tuples -> a fresh lb_set in *out (sorted by name for
+        Maglev). An address is a str, an ipaddress object or an int (of `family`)."""
         cdef uint32_t n = len(backends), i
+        cdef bytes raw
         cdef lb_backend *be
         out.be = NULL
         out.maglev = NULL
@@ -401,9 +404,15 @@ cdef class LBTable:
             raise MemoryError()
         out.be = be
         for i, b in enumerate(sorted(backends) if maglev else backends):
-            if _addr(b[0], be[i].addr) != family:
+            a = b[0]
+            if type(a) is int and family == 4 and 0 <= a < 1 << 32:
+                store_be32(<uint8_t *>be[i].addr, a)
+            elif type(a) is int and family == 6 and 0 <= a < 1 << 128:
+                raw = (<int>a).to_bytes(16, "big")
+                memcpy(be[i].addr, PyBytes_AS_STRING(raw), 16)
+            elif type(a) is int or _addr(a, be[i].addr) != family:
                 _set_free(out)
-                raise ValueError(f"backend {b[0]} is not IPv{family} like its frontends")
+                raise ValueError(f"backend {a!r} is not an IPv{family} address like its frontends")
             be[i].family = family
             be[i].port = _port(b[1])
             be[i].id = b[2] if len(b) > 2 else 0
