@@ -23,7 +23,8 @@ cdef extern from *:
     #include <stdint.h>
     #include <sys/mman.h>
     #define LPM_EXT 0x80000000u  /* entry links to a tbl8 group */
-    static inline void lpm_prefetch(const void *p) { __builtin_prefetch(p, 0, 0); }
+    /* Into all cache levels: a non-temporal hint (0) measured 3x slower for the tbl24 walk. */
+    static inline void lpm_prefetch(const void *p) { __builtin_prefetch(p, 0, 3); }
     /* Release: a reader that sees the new entry also sees the group it points to. */
     static inline void lpm_store(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
     static inline void *lpm_mmap(size_t size) {
@@ -50,7 +51,7 @@ cdef extern from *:
 cdef enum:
     HUGE = 2 * 1024 * 1024
     CHUNK6 = 32            # v6 bulk: lookups walked level by level together (memory parallelism)
-    PREFETCH4 = 16         # v4 bulk: how many keys ahead tbl24 is prefetched
+    PREFETCH4 = 64         # v4 bulk: keys ahead that tbl24 is prefetched (32..128 measured flat)
 
 MAX_NEXTHOP = (1 << 24) - 1
 MAX_GROUPS = 1 << 24
