@@ -136,6 +136,7 @@ cdef enum:
     P_SCTP = 132
     NO_FREE = 0xffffffff
     SECOND = 1000000000
+    PREFETCH_DIST = 16          # keys between the prefetch stages of ct_lookup_bulk
 
 cpdef enum:
     TCP_FIN = 0x01
@@ -271,20 +272,24 @@ cdef class Conntrack:
 
     cdef void ct_lookup_bulk(self, const pkt_tuple **keys, const uint32_t *hashes, int64_t *out,
                              uint8_t *dirs, uint32_t n) noexcept nogil:
-        cdef uint32_t i, r
+        # Software pipeline, PREFETCH_DIST keys apart: key i's home slot is requested, key
+        # i - D's slot (now cached) names the entry to request, key i - 2D is looked up.
+        cdef uint32_t i, j
         cdef ct_slot *s
         cdef ct_entry *e
-        for i in range(n):
-            ct_prefetch(&self.slots[hashes[i] & self.mask])
-        # Home slots are (mostly) in cache now: fetch the entries their signatures point at.
-        for i in range(n):
-            s = &self.slots[hashes[i] & self.mask]
-            if s.ref != 0 and s.sig == hashes[i]:
-                e = &self.ent[(s.ref - 1) >> 1]
-                ct_prefetch(e)
-                ct_prefetch(<uint8_t *>e + 64)
-        for i in range(n):
-            out[i] = self._find(keys[i], hashes[i], &dirs[i])
+        for i in range(n + 2 * PREFETCH_DIST):
+            if i < n:
+                ct_prefetch(&self.slots[hashes[i] & self.mask])
+            if PREFETCH_DIST <= i < n + PREFETCH_DIST:
+                j = i - PREFETCH_DIST
+                s = &self.slots[hashes[j] & self.mask]
+                if s.ref != 0 and s.sig == hashes[j]:
+                    e = &self.ent[(s.ref - 1) >> 1]
+                    ct_prefetch(e)
+                    ct_prefetch(<uint8_t *>e + 64)
+            if i >= 2 * PREFETCH_DIST:
+                j = i - 2 * PREFETCH_DIST
+                out[j] = self._find(keys[j], hashes[j], &dirs[j])
 
     cdef bint ct_tuple_in_use(self, const pkt_tuple *t, uint32_t hash) noexcept nogil:
         cdef uint8_t d
@@ -772,7 +777,7 @@ def hash_tuples(keys):
 cdef object _tuple_bytes(keys):
     arr = np.ascontiguousarray(keys)
     if arr.dtype != TUPLE_DTYPE or arr.ndim != 1:
-        raise TypeError("expected a 1-d array of TUPLE_DTYPE")
+        raise TypeError(f"expected a 1-d array of TUPLE_DTYPE (big-endian addresses), got {arr.dtype}")
     if (arr["pad"] != 0).any():
         raise ValueError("tuple pad must be 0")
     return arr.view(np.uint8).reshape(-1, sizeof(pkt_tuple))
