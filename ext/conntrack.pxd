@@ -143,8 +143,9 @@ cdef class Conntrack:
     # Entry index of t, or -1; *dir = CT_DIR_ORIG / CT_DIR_REPLY. `hash` = tuple_hash(t) (the
     # parser's meta.hash). An entry expired by the table clock counts as absent and is reclaimed.
     cdef int64_t ct_lookup(self, const pkt_tuple *t, uint32_t hash, uint8_t *dir) noexcept nogil
-    # ct_lookup() for n keys, slots and entries prefetched first. Results stay valid until the next
-    # ct_create / ct_delete / ct_update returning CT_REOPEN / CT_INVALID.
+    # ct_lookup() for n keys with slot and entry prefetches pipelined ahead. Results stay valid
+    # until the next ct_create / ct_delete / ct_sweep, or a ct_update returning CT_REOPEN or
+    # CT_INVALID: re-look up a burst's later packets of a flow after any of those.
     cdef void ct_lookup_bulk(self, const pkt_tuple **keys, const uint32_t *hashes, int64_t *out,
                              uint8_t *dirs, uint32_t n) noexcept nogil
     # New entry in its protocol's initial state (TCP/SCTP NONE), expiring after the protocol's
@@ -160,7 +161,8 @@ cdef class Conntrack:
     # Run one packet through the entry's state machine (tcp_flags: TCP flags byte, or SCTP_F_*
     # for SCTP, ignored otherwise; nbytes: L3 length). Returns CT_ESTABLISHED / CT_REPLY
     # (accepted), CT_INVALID or CT_REOPEN. A CT_INVALID on an entry that never accepted a packet
-    # deletes it, as Linux discards an unconfirmed conntrack.
+    # deletes it, as Linux discards an unconfirmed conntrack. A RST before any reply is accepted
+    # and expires the entry at once (still readable via ct_get for this packet's rewrite).
     cdef int ct_update(self, int64_t idx, uint8_t dir, uint8_t tcp_flags, uint32_t nbytes,
                        uint64_t now_ns) noexcept nogil
     cdef void ct_delete(self, int64_t idx) noexcept nogil
