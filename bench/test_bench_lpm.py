@@ -1,7 +1,7 @@
 """LPM lookup throughput on global-table-sized route sets, against pytricia on the same routes and
 keys (pytricia is one Python call per key: that is the baseline a Python control plane has).
 
-    .venv/bin/python -m pytest bench/test_bench_lpm.py --benchmark-enable -s
+    .venv/bin/pytest bench/test_bench_lpm.py --benchmark-enable -s
 
 Each test records lookups/s (and the ratio to its pytricia baseline) in benchmark.extra_info and
 prints one summary line. Baselines run first so the ratio comes from the same run.

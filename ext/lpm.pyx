@@ -12,6 +12,8 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 cimport numpy as cnp
 import ipaddress
+import operator
+
 import numpy as np
 
 cnp.import_array()
@@ -291,7 +293,10 @@ cdef void _set(lpm_trie *t, uint64_t hi, uint64_t lo, int depth, uint32_t val, i
 # Python boundary helpers
 
 cdef int32_t _nexthop(object nexthop) except -1:
-    nh = int(nexthop)
+    try:
+        nh = operator.index(nexthop)
+    except TypeError:
+        raise ValueError(f"nexthop must be an int, not {type(nexthop).__name__}") from None
     if not 0 <= nh <= MAX_NEXTHOP:
         raise ValueError(f"nexthop {nexthop!r} out of range [0, {MAX_NEXTHOP}]")
     return nh
@@ -350,6 +355,10 @@ def _out_array(out, Py_ssize_t n):
 
 cdef class _LPMBase:
     """Shared storage and add/delete; subclasses fix the key width and the lookup."""
+
+    def __cinit__(self, *args, **kwargs):
+        if type(self) is _LPMBase:
+            raise TypeError("use LPM4 or LPM6")
 
     cdef _setup(self, max_tbl8_groups):
         if not 1 <= max_tbl8_groups <= MAX_GROUPS:
@@ -441,19 +450,19 @@ cdef class _LPMBase:
 
     cdef _add_keys(self, const uint64_t *hi, const uint64_t *lo, const uint8_t *depth,
                    const int32_t *nexthop, size_t n):
-        """Bulk add of validated, masked keys (lo may be NULL for IPv4)."""
+        """Bulk add of validated, masked keys (lo may be NULL for IPv4). Keeps the GIL: a
+        second Python thread adding at the same time would be a second writer."""
         cdef size_t i = 0
         cdef uint64_t l = 0
         if _rules_reserve(&self.r, n):
             raise MemoryError("cannot grow the LPM rules store")
-        with nogil:
-            while i < n:
-                if lo != NULL:
-                    l = lo[i]
-                if _groups_needed(&self.t, hi[i], l, depth[i]) > _groups_free(&self.t):
-                    break
-                self._insert(hi[i], l, depth[i], nexthop[i])
-                i += 1
+        while i < n:
+            if lo != NULL:
+                l = lo[i]
+            if _groups_needed(&self.t, hi[i], l, depth[i]) > _groups_free(&self.t):
+                break
+            self._insert(hi[i], l, depth[i], nexthop[i])
+            i += 1
         if i < n:
             raise OverflowError(f"LPM table full: all {self.t.n_groups} tbl8 groups in use "
                                 f"after adding {i} of {n} routes (those stay added)")
@@ -462,8 +471,9 @@ cdef class _LPMBase:
 cdef class LPM4(_LPMBase):
     """IPv4 longest-prefix match, DIR-24-8: one load for routes up to /24, two beyond.
 
-    Holds 1M+ global-table routes with the default 65536 tbl8 groups (each /25../32 region
-    of a /24 takes one group; 64 MiB + 16 MiB of lookup/depth table, touched on demand).
+    Holds 1M+ global-table routes with the default 65536 tbl8 groups (a /24 with any longer
+    route inside takes one group). Reserves 160 MiB of address space (tables plus control-plane
+    depths), backed only where touched.
     """
 
     def __cinit__(self, max_tbl8_groups=65536):
@@ -585,8 +595,8 @@ cdef class LPM6(_LPMBase):
     """IPv6 longest-prefix match: tbl24 on the first 3 bytes, then one tbl8 group per further
     byte (at most 14 loads; a /48 takes 4).
 
-    The default 524288 tbl8 groups (512 MiB + 128 MiB reserved, touched on demand) hold a
-    200k-route global-like table with room to spare.
+    The default 524288 tbl8 groups (720 MiB of address space reserved, backed only where
+    touched) hold a 200k-route global-like table (~300k groups) with room to spare.
     """
 
     def __cinit__(self, max_tbl8_groups=1 << 19):

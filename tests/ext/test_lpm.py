@@ -187,7 +187,7 @@ def test_bad_prefix(cls, bad):
 def test_bad_arguments():
     t = LPM4()
     t.add("10.0.0.0/8", 1)
-    for nh in (-1, MAX_NEXTHOP + 1, 1 << 40):
+    for nh in (-1, MAX_NEXTHOP + 1, 1 << 40, 1.0, "1", None):
         with pytest.raises(ValueError):
             t.add("10.0.0.0/8", nh)
     assert t.lookup("10.1.1.1") == 1
@@ -203,6 +203,8 @@ def test_bad_arguments():
         LPM4(max_tbl8_groups=0)
     with pytest.raises(ValueError):
         LPM6().lookup(-1)
+    t.add("10.0.0.0/8", np.uint16(7))            # numpy integers are ints too
+    assert t.lookup("10.0.0.1") == 7
 
 
 @pytest.mark.parametrize("keys", [
@@ -275,6 +277,7 @@ def test_add_bulk_matches_add_and_validates():
 
 def test_table_full_is_clean():
     t = LPM4(max_tbl8_groups=2)
+    assert t.tbl8_capacity == 2
     t.add("10.0.0.0/25", 1)
     t.add("10.0.1.0/25", 2)
     t.add("10.0.1.128/26", 3)                    # same group as 10.0.1.0/25
