@@ -408,7 +408,7 @@ cdef class LBTable:
             if type(a) is int and family == 4 and 0 <= a < 1 << 32:
                 store_be32(<uint8_t *>be[i].addr, a)
             elif type(a) is int and family == 6 and 0 <= a < 1 << 128:
-                raw = (<int>a).to_bytes(16, "big")
+                raw = a.to_bytes(16, "big")
                 memcpy(be[i].addr, PyBytes_AS_STRING(raw), 16)
             elif type(a) is int or _addr(a, be[i].addr) != family:
                 _set_free(out)
