@@ -148,6 +148,8 @@ class Proxier:
         self._gone: set[tuple] = set()               # stopped serving since the last flush
         self._next_id = 1
         self._retry: set[tuple[str, str]] = set()
+        self._waiting: dict[tuple, set] = {}         # frontend -> Services refused it (taken)
+        self._wakeups: set[tuple[str, str]] = set()
 
     def _new_table(self, on_link, capacity: int) -> LBTable:
         nonmasq = self.non_masquerade_cidrs
@@ -192,8 +194,7 @@ class Proxier:
                 self._slices.setdefault((s.namespace, s.service_name), {})[s.name] = s
         self._services = {(s.namespace, s.name): s for s in config.services}
         table = self._new_table(on_link, capacity=2 * sum(len(s.ports) for s in config.services))
-        for key in sorted(self._services):
-            self._sync_service(table, key, result)
+        self._sync_all(table, set(self._services), result)
         self.lb = table
         self._flush(old_serving.keys() - self._serving.keys(), result)
         return result
@@ -218,8 +219,7 @@ class Proxier:
                     self._slices.get((namespace, s.service_name), {}).pop(name, None)
             if current is not None and current.ignored is None:
                 self._slices.setdefault((namespace, current.service_name), {})[name] = current
-        for key in sorted(touched):
-            self._sync_service(self.lb, key, result)
+        self._sync_all(self.lb, touched, result)
         gone, self._gone = self._gone, set()
         self._flush(gone, result)
         return result
@@ -291,11 +291,12 @@ class Proxier:
             if owner is not None and owner != port_key:
                 result.warnings.append(f"{port_key[0]}/{port_key[1]}: {fe[0]}:{fe[1]}/{fe[2]} is already used by "
                                        f"{owner[0]}/{owner[1]}; skipped")
+                self._waiting.setdefault(fe[:3], set()).add(port_key[:2])
                 continue
             kept.append(fe)
         if have is not None:
             for fe in have.frontends:
-                self._owners.pop(fe[:3], None)
+                self._free_frontend(fe[:3])
         for fe in kept:
             self._owners[fe[:3]] = port_key
         if len(kept) != len(want.frontends):
@@ -304,9 +305,19 @@ class Proxier:
 
     def _release(self, port_key, have: _Port):
         for fe in have.frontends:
-            if self._owners.get(fe[:3]) == port_key:
-                del self._owners[fe[:3]]
+            self._free_frontend(fe[:3])
         self._refcount(have.serving, frozenset())
+
+    def _free_frontend(self, fe: tuple):
+        """Services that were refused this frontend get another try in the same sync."""
+        self._owners.pop(fe, None)
+        self._wakeups |= self._waiting.pop(fe, set())
+
+    def _sync_all(self, table: LBTable, keys: set, result: SyncResult):
+        while keys:
+            for key in sorted(keys):
+                self._sync_service(table, key, result)
+            keys, self._wakeups = self._wakeups, set()
 
     def _refcount(self, old: frozenset, new: frozenset):
         for ep in new - old:

@@ -2,7 +2,9 @@
 Kubernetes YAML, loaded through dataplane.config, programmed by the Proxier; then rows of
 source -> destination:port/protocol with the expected endpoint set and masquerade, or the
 reject/drop verdict. Plus the change trackers and conntrack flushing."""
+import json
 from dataclasses import replace
+from ipaddress import ip_address
 
 import pytest
 
@@ -21,7 +23,6 @@ routes: [{prefix: 192.168.0.0/24, port: eth0}, {prefix: 0.0.0.0/0, port: eth0, v
 
 
 def svc(name, spec, status=None, ns="default"):
-    import json
     doc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns}, "spec": spec}
     if status:
         doc["status"] = status
@@ -29,7 +30,6 @@ def svc(name, spec, status=None, ns="default"):
 
 
 def eps(name, service, endpoints, ports, address_type="IPv4", ns="default"):
-    import json
     doc = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
            "metadata": {"name": name, "namespace": ns, "labels": {"kubernetes.io/service-name": service}},
            "addressType": address_type, "ports": ports, "endpoints": endpoints}
@@ -139,8 +139,7 @@ def flow(proxier, src, dst, port, proto="TCP", n=200):
 
 @pytest.fixture(scope="module")
 def proxier():
-    p = Proxier.from_config(loads(CLUSTER), seed=3)
-    return p
+    return Proxier.from_config(loads(CLUSTER), seed=3)
 
 
 WEB = ["10.244.1.5:8080", "10.244.2.5:8080", "10.244.3.5:8080"]
@@ -387,21 +386,20 @@ def test_service_change_and_new_slice(live):
 
 def test_new_service_and_conflicting_frontend(live):
     p, ct, services, slices = live
-    web = services[("default", "web")]
-    clash = replace(web, namespace="default", name="clash", cluster_ips=web.cluster_ips[:0] + (
-        __import__("ipaddress").ip_address("10.96.0.99"),), external_ips=(
-        __import__("ipaddress").ip_address("198.51.100.2"),), ports=web.ports[:1])
-    ext = services[("default", "ext")]
-    p.on_service(None, replace(clash, ports=(replace(web.ports[0], port=8000),)))
+    web, ext = services[("default", "web")], services[("default", "ext")]
+    clash = replace(web, name="clash", cluster_ips=(ip_address("10.96.0.99"),),
+                    external_ips=(ip_address("198.51.100.2"),), ports=(replace(web.ports[0], port=8000),))
+    p.on_service(None, clash)
     result = p.sync()
     assert result.services_changed == {("default", "clash")}
     assert any("198.51.100.2:8000/TCP is already used by default/ext" in w for w in result.warnings)
     assert flow(p, OUTSIDE, "198.51.100.2", 8000) == (["10.244.2.9:8000"], True)   # first owner kept
-    assert flow(p, POD, "10.96.0.99", 8000) == "REJECT"
-    # Once ext releases it, a later sync of the other Service may take it.
+    assert flow(p, POD, "10.96.0.99", 8000) == "REJECT"                          # no slices for clash
+    # When ext lets go of the address, clash gets it in the same sync.
     p.on_service(ext, None)
-    p.sync()
-    assert flow(p, OUTSIDE, "198.51.100.2", 8000) == "NO_SERVICE"
+    result = p.sync()
+    assert result.services_changed == {("default", "ext"), ("default", "clash")}
+    assert flow(p, OUTSIDE, "198.51.100.2", 8000) == "REJECT"
 
 
 def test_apply_swaps_generation_and_flushes(live):
