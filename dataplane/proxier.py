@@ -131,7 +131,8 @@ class Proxier:
         if config.node_name is None:
             raise ValueError("the configuration names no node (DataplaneConfiguration nodeName or hostnameOverride)")
         kwargs.setdefault("cluster_cidrs", dp.cluster_cidrs if dp else ())
-        proxier = cls(config.node_name, dp.node_ips if dp else (), kube_proxy=config.kube_proxy, **kwargs)
+        kwargs.setdefault("kube_proxy", config.kube_proxy)
+        proxier = cls(config.node_name, dp.node_ips if dp else (), **kwargs)
         proxier.apply(config)
         return proxier
 
