@@ -79,18 +79,18 @@ def _load(path: Path):
         raise CliError(f"{path}: {exc.strerror or exc}") from None
 
 
-def _load_dataplane(path: Path):
-    dp = _load(path).dataplane
-    if dp is None:
+def _load_node(path: Path):
+    config = _load(path)
+    if config.dataplane is None:
         raise CliError(f"{path}: no DataplaneConfiguration object (ports and routes)")
-    return dp
+    return config
 
 
 def _cmd_replay(args) -> int:
     from dataplane.replay import replay
-    dp = _load_dataplane(args.config)
+    config = _load_node(args.config)
     try:
-        result = replay(dp, args.input, args.output, args.trace, args.in_port, args.burst_size)
+        result = replay(config, args.input, args.output, args.trace, args.in_port, args.burst_size)
     except (ValueError, OSError) as exc:
         raise CliError(str(exc)) from None
     _report(result, args.json, args.output)
@@ -115,10 +115,11 @@ def _cmd_demo(args) -> int:
     with resources.as_file(assets / "demo.yaml") as cfg_path, \
             resources.as_file(assets / "demo.pcap") as pcap_path, \
             tempfile.TemporaryDirectory(prefix="dataplane-demo-") as tmp:
-        dp = _load_dataplane(cfg_path)
+        config = _load_node(cfg_path)
+        dp = config.dataplane
         out = Path(tmp) / "out.pcap"
         trace = Path(tmp) / "trace.jsonl"
-        result = replay(dp, pcap_path, out, trace)
+        result = replay(config, pcap_path, out, trace)
         if not args.json:
             print(f"demo: replaying {pcap_path.name} through node {dp.node_name} "
                   f"({len(dp.routes)} routes, ports {', '.join(p.name for p in dp.ports)})\n")

@@ -6,14 +6,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataplane.burst import COUNTERS, DROP_REASONS, Burst
+from dataplane.burst import COUNTERS, DROP_REASONS, VERDICT, Burst
 from dataplane.pcap import PcapReader, PcapWriter
-from dataplane.tables import build_pipeline
+from dataplane.tables import NodeDataplane
 from dataplane.trace import TraceWriter
 
 __all__ = ["ReplayResult", "replay"]
 
-V_FORWARD = 1  # verdict_t in ext/includes/pkt.pxd
+TRANSMITTED = (VERDICT["forward"], VERDICT["reject"])  # frames that leave a port
 
 
 @dataclass
@@ -37,16 +37,17 @@ class ReplayResult:
                 "oversize": self.oversize, "error": self.error}
 
 
-def replay(dp, in_path: Path, out_path: Path, trace_path: Path | None = None,
+def replay(config, in_path: Path, out_path: Path, trace_path: Path | None = None,
            in_port: str | None = None, burst_size: int = 256) -> ReplayResult:
     """Every input frame counts as received on `in_port` (default: the first port).
 
     A capture that turns corrupt part-way is processed up to the bad record; the error is
     returned in the result with everything counted so far.
     """
-    port_names = [p.name for p in dp.ports]
+    node = NodeDataplane(config)
+    port_names = node.port_names
     port_in = _port_index(port_names, in_port)
-    pipeline = build_pipeline(dp)
+    pipeline = node.pipeline
     burst = Burst(burst_size)
     packets = 0
     error = None
@@ -67,7 +68,7 @@ def replay(dp, in_path: Path, out_path: Path, trace_path: Path | None = None,
             if n == 0:
                 break
             pipeline.process(burst)
-            writer.write(burst, V_FORWARD)
+            writer.write(burst, TRANSMITTED)
             if tracer is not None:
                 tracer.write(burst)
             packets += n

@@ -1,17 +1,24 @@
-"""Control plane -> fast-path tables: turns a validated configuration into a Pipeline.
+"""Control plane -> fast-path tables: turns a validated configuration into a running pipeline.
 
 Pure Python over the compiled tables; the only place that knows how configuration objects map
-onto LPM entries and next hops.
+onto LPM entries, next hops, the conntrack table and the Service tables.
 """
 from __future__ import annotations
 
 import ipaddress
+import os
 
+from dataplane.config.k8s import KubeProxyConfig
+from dataplane.conntrack import Conntrack
+from dataplane.ctnat import CtNat
 from dataplane.lpm import LPM4, LPM6
 from dataplane.pipeline import Pipeline
+from dataplane.proxier import Proxier
 from dataplane.route import NH_LOCAL, Router
 
-__all__ = ["build_pipeline", "build_router"]
+__all__ = ["NodeDataplane", "build_pipeline", "build_router", "conntrack_settings"]
+
+DEFAULT_CONNTRACK_SIZE = 1 << 20
 
 
 def build_router(dp) -> Router:
@@ -28,7 +35,56 @@ def build_router(dp) -> Router:
 
 
 def build_pipeline(dp) -> Pipeline:
+    """A pure router: parse -> route, no conntrack and no Services."""
     return Pipeline(build_router(dp), len(dp.ports))
+
+
+def conntrack_settings(dp, kube_proxy: KubeProxyConfig | None, cores: int | None = None):
+    """(size, timeouts) for the flow table. Size: the DataplaneConfiguration's conntrackSize, else
+    kube-proxy's rule max(maxPerCore x cores, min) but never below 1,048,576 entries. Timeouts:
+    Linux's defaults with kube-proxy's overrides (24 h established, 1 h close-wait by default)."""
+    kp = kube_proxy or KubeProxyConfig()
+    c = kp.conntrack
+    size = dp.conntrack_size
+    if size is None:
+        size = max(DEFAULT_CONNTRACK_SIZE, c.max_per_core * (cores or os.cpu_count() or 1), c.min)
+    timeouts = {"tcp_established": c.tcp_established_timeout,
+                "tcp_close_wait": c.tcp_close_wait_timeout}
+    if c.udp_timeout:
+        timeouts["udp"] = c.udp_timeout
+    if c.udp_stream_timeout:
+        timeouts["udp_stream"] = c.udp_stream_timeout
+    return size, {k: v for k, v in timeouts.items() if v}
+
+
+class NodeDataplane:
+    """One node's fast path: routes, conntrack, Services (via the proxier) and the pipeline."""
+
+    def __init__(self, config):
+        dp = config.dataplane
+        if dp is None:
+            raise ValueError("no DataplaneConfiguration object (ports and routes)")
+        self.dp = dp
+        self.port_names = [p.name for p in dp.ports]
+        size, timeouts = conntrack_settings(dp, config.kube_proxy)
+        self.conntrack = Conntrack(size, timeouts)
+        self.proxier = Proxier.from_config(
+            config, conntrack=self.conntrack, algorithm=dp.service_load_balancing,
+            non_masquerade_cidrs=dp.non_masquerade_cidrs)
+        self.ctnat = CtNat(self.conntrack, self.proxier.lb)
+        self.pipeline = Pipeline(build_router(dp), len(dp.ports), self.ctnat)
+
+    def apply(self, config):
+        """Load a new set of Services and EndpointSlices; the pipeline uses it from the next burst."""
+        result = self.proxier.apply(config)
+        self.ctnat.set_lb(self.proxier.lb)
+        return result
+
+    def sync(self):
+        """Apply the changes recorded by the proxier's handlers (on_service, on_endpoint_slice)."""
+        result = self.proxier.sync()
+        self.ctnat.set_lb(self.proxier.lb)
+        return result
 
 
 def _lpm_for(router: Router, version: int):

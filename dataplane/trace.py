@@ -10,7 +10,8 @@ __all__ = ["PROTO_NAMES", "TraceWriter", "trace_record"]
 
 PROTO_NAMES = {1: "ICMP", 2: "IGMP", 6: "TCP", 17: "UDP", 47: "GRE", 50: "ESP", 51: "AH",
                58: "ICMPv6", 89: "OSPF", 132: "SCTP"}
-_LEAVES = ("forward", "local")
+_LEAVES = ("forward", "local")   # the packet itself goes on
+_SENT = ("forward", "reject")     # a frame leaves a port: the packet, or the answer to it
 
 
 def trace_record(burst: Burst, i: int, index: int, port_names: Sequence[str]) -> dict:
@@ -22,7 +23,7 @@ def trace_record(burst: Burst, i: int, index: int, port_names: Sequence[str]) ->
     if verdict in _LEAVES and t["family"]:
         out = {"src": t["src"], "dst": t["dst"], "sport": t["sport"], "dport": t["dport"],
                "proto": PROTO_NAMES.get(t["proto"], str(t["proto"]))}
-    port = port_names[meta["port_out"]] if verdict == "forward" else None
+    port = port_names[meta["port_out"]] if verdict in _SENT else None
     return {"index": index, "verdict": verdict, "reason": meta["reason"], "port": port, "out": out}
 
 

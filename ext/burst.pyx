@@ -17,11 +17,13 @@ from dataplane.includes.pkt cimport (
 
 cnp.import_array()
 
-__all__ = ["Burst", "DROP_REASONS", "COUNTERS", "VERDICTS", "BURST_SIZE", "SLOT_HEADROOM"]
+__all__ = ["Burst", "DROP_REASONS", "COUNTERS", "VERDICTS", "VERDICT", "BURST_SIZE",
+           "SLOT_HEADROOM"]
 
 DROP_REASONS = tuple(drop_reason_strings[i].decode() for i in range(<int>DROP_N_REASONS))
 COUNTERS = tuple(counter_strings[i].decode() for i in range(<int>CNT_N_COUNTERS))
-VERDICTS = ("pending", "forward", "local", "drop", "reject")
+VERDICTS = ("pending", "forward", "local", "drop", "reject")   # verdict_t order (pkt.pxd)
+VERDICT = {name: value for value, name in enumerate(VERDICTS)}
 
 
 cdef class Burst:

@@ -10,7 +10,10 @@
 # Single-threaded: one table per worker, no locks. Entry indices are stable for an entry's life;
 # only delete / sweep / a reclaim of an expired entry frees one (LIFO reuse afterwards).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-from dataplane.includes.pkt cimport pkt_tuple
+from dataplane.includes.pkt cimport (
+    pkt_tuple, SCTP_F_INIT, SCTP_F_INIT_ACK, SCTP_F_COOKIE_ECHO, SCTP_F_COOKIE_ACK, SCTP_F_SHUTDOWN,
+    SCTP_F_SHUTDOWN_ACK, SCTP_F_SHUTDOWN_COMPLETE, SCTP_F_ABORT,
+)
 
 # cpdef enums are also module-level ints of dataplane.conntrack.
 cpdef enum:
@@ -76,19 +79,6 @@ cdef enum:
 
 cdef enum:
     CT_STATE_FREE = 0xff      # entry slot is on the free list
-
-# SCTP chunk encoding for ct_update()'s tcp_flags argument: one bit per state-changing chunk type
-# present in the packet (the parser ORs them while walking the chunks). Chunks are applied in bit
-# order, low to high. DATA, SACK, HEARTBEAT(_ACK), ERROR etc. change no state: pass 0 for them.
-cpdef enum:
-    SCTP_F_INIT = 0x01                # chunk type 1
-    SCTP_F_INIT_ACK = 0x02            # 2
-    SCTP_F_COOKIE_ECHO = 0x04         # 10
-    SCTP_F_COOKIE_ACK = 0x08          # 11
-    SCTP_F_SHUTDOWN = 0x10            # 7
-    SCTP_F_SHUTDOWN_ACK = 0x20        # 8
-    SCTP_F_SHUTDOWN_COMPLETE = 0x40   # 14
-    SCTP_F_ABORT = 0x80               # 6
 
 # Timeout slots (Conntrack.tmo, ns); the Python names are the nf_conntrack sysctl suffixes.
 cdef enum ct_tmo_t:

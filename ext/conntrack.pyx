@@ -39,7 +39,10 @@ cimport numpy as cnp
 import ipaddress
 import numpy as np
 
-from dataplane.includes.pkt cimport pkt_tuple, BURST_SIZE
+from dataplane.includes.pkt cimport (
+    pkt_tuple, BURST_SIZE, SCTP_F_INIT, SCTP_F_INIT_ACK, SCTP_F_COOKIE_ECHO, SCTP_F_COOKIE_ACK,
+    SCTP_F_SHUTDOWN, SCTP_F_SHUTDOWN_ACK, SCTP_F_SHUTDOWN_COMPLETE, SCTP_F_ABORT,
+)
 from dataplane.parse cimport tuple_hash
 
 cnp.import_array()
@@ -53,6 +56,13 @@ __all__ = [
     "SCTP_F_INIT", "SCTP_F_INIT_ACK", "SCTP_F_COOKIE_ECHO", "SCTP_F_COOKIE_ACK",
     "SCTP_F_SHUTDOWN", "SCTP_F_SHUTDOWN_ACK", "SCTP_F_SHUTDOWN_COMPLETE", "SCTP_F_ABORT",
 ]
+
+# The SCTP chunk bits live in pkt.pxd (the parser sets them); name them for Python callers too.
+globals().update(
+    SCTP_F_INIT=SCTP_F_INIT, SCTP_F_INIT_ACK=SCTP_F_INIT_ACK, SCTP_F_COOKIE_ECHO=SCTP_F_COOKIE_ECHO,
+    SCTP_F_COOKIE_ACK=SCTP_F_COOKIE_ACK, SCTP_F_SHUTDOWN=SCTP_F_SHUTDOWN,
+    SCTP_F_SHUTDOWN_ACK=SCTP_F_SHUTDOWN_ACK, SCTP_F_SHUTDOWN_COMPLETE=SCTP_F_SHUTDOWN_COMPLETE,
+    SCTP_F_ABORT=SCTP_F_ABORT)
 
 cdef extern from "stdlib.h" nogil:
     void *aligned_alloc(size_t alignment, size_t size)

@@ -20,7 +20,8 @@ from dataplane.includes.pkt cimport (
     burst_t, pkt_meta, pkt_tuple, pkt_data, pkt_drop, V_PENDING, L3_IP4, L3_IP6, L3_ARP,
     PKT_F_L4, PKT_F_FRAGMENT, PKT_F_LATER_FRAG, PKT_F_ICMP_ERROR, PKT_F_INNER_L4,
     PKT_F_IP_OPTIONS, PKT_F_IP6_EXT, PKT_F_OVERSIZE, PKT_F_RX_MASK, DROP_NONE, DROP_TRUNCATED,
-    DROP_OVERSIZE, DROP_BAD_ETHERTYPE,
+    DROP_OVERSIZE, DROP_BAD_ETHERTYPE, SCTP_F_INIT, SCTP_F_INIT_ACK, SCTP_F_COOKIE_ECHO,
+    SCTP_F_COOKIE_ACK, SCTP_F_SHUTDOWN, SCTP_F_SHUTDOWN_ACK, SCTP_F_SHUTDOWN_COMPLETE, SCTP_F_ABORT,
     DROP_BAD_VERSION, DROP_BAD_IHL, DROP_BAD_LEN, DROP_BAD_L4_LEN, DROP_BAD_EXT_HDR,
     DROP_TOO_MANY_VLANS, DROP_N_REASONS, CNT_RX, CNT_IP4, CNT_IP6, CNT_ARP, CNT_VLAN,
     CNT_FRAGMENT, CNT_ICMP_ERROR, CNT_N_COUNTERS,
@@ -253,6 +254,7 @@ cdef inline uint8_t parse_l4(const uint8_t *p, uint32_t off, uint32_t end, pkt_m
     elif proto == P_SCTP:
         if room < 12:                     # common header: ports, verification tag, CRC32c
             return DROP_BAD_L4_LEN
+        m.tcp_flags = sctp_chunk_bits(l4, room)
     elif (proto == P_ICMP and m.t.family == 4) or (proto == P_ICMPV6 and m.t.family == 6):
         return parse_icmp(p, off, end, m)
     else:
@@ -261,6 +263,37 @@ cdef inline uint8_t parse_l4(const uint8_t *p, uint32_t off, uint32_t end, pkt_m
     m.t.dport = load_be16(l4 + 2)
     m.flags |= PKT_F_L4
     return DROP_NONE
+
+
+cdef inline uint8_t sctp_chunk_bits(const uint8_t *sctp, uint32_t room) noexcept nogil:
+    """The state-changing chunk types present (SCTP_F_*), for conntrack's SCTP tracker. Chunks
+    are walked as far as the bytes present allow; a chunk length below 4 ends the walk (RFC 9260
+    3.2: a malformed chunk must not make the walk loop)."""
+    cdef uint32_t off = 12, clen
+    cdef uint8_t bits = 0, typ
+    while off + 4 <= room:
+        typ = sctp[off]
+        if typ == 1:
+            bits |= SCTP_F_INIT
+        elif typ == 2:
+            bits |= SCTP_F_INIT_ACK
+        elif typ == 6:
+            bits |= SCTP_F_ABORT
+        elif typ == 7:
+            bits |= SCTP_F_SHUTDOWN
+        elif typ == 8:
+            bits |= SCTP_F_SHUTDOWN_ACK
+        elif typ == 10:
+            bits |= SCTP_F_COOKIE_ECHO
+        elif typ == 11:
+            bits |= SCTP_F_COOKIE_ACK
+        elif typ == 14:
+            bits |= SCTP_F_SHUTDOWN_COMPLETE
+        clen = load_be16(sctp + off + 2)
+        if clen < 4:
+            break
+        off += (clen + 3) & ~3U
+    return bits
 
 
 cdef inline bint icmp_is_echo(uint8_t family, uint8_t typ) noexcept nogil:

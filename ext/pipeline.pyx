@@ -1,4 +1,4 @@
-"""The node pipeline: parse -> route, one nogil call per burst.
+"""The node pipeline: parse -> conntrack/Service NAT -> route, one nogil call per burst.
 
 Stages only touch packets whose verdict is still pending, so each stage is a plain loop and
 the pipeline is the order of the calls. Counters are numpy arrays the control plane reads
@@ -10,8 +10,9 @@ import numpy as np
 
 from dataplane.burst cimport Burst
 from dataplane.includes.pkt cimport (
-    burst_t, V_FORWARD, CNT_TX, CNT_N_COUNTERS, DROP_N_REASONS,
+    burst_t, V_FORWARD, V_REJECT, CNT_TX, CNT_N_COUNTERS, DROP_N_REASONS,
 )
+from dataplane.ctnat cimport CtNat
 from dataplane.parse cimport parse_burst
 from dataplane.route cimport Router
 
@@ -21,8 +22,9 @@ __all__ = ["Pipeline"]
 
 
 cdef class Pipeline:
-    def __cinit__(self, Router router not None, unsigned int n_ports):
+    def __cinit__(self, Router router not None, unsigned int n_ports, CtNat ctnat=None):
         self.router = router
+        self.ctnat = ctnat
         self.n_ports = n_ports
         self.counters = np.zeros(<int>CNT_N_COUNTERS, dtype=np.uint64)
         self.drops = np.zeros(<int>DROP_N_REASONS, dtype=np.uint64)
@@ -31,21 +33,32 @@ cdef class Pipeline:
         self.drp = <uint64_t *>cnp.PyArray_DATA(self.drops)
         self.tx = <uint64_t *>cnp.PyArray_DATA(self.port_tx)
 
-    def process(self, Burst burst not None):
-        """Run every stage over the burst; verdicts, reasons and rewritten frames are left in it."""
+    def process(self, Burst burst not None, now_ns=None):
+        """Run every stage over the burst; verdicts, reasons and rewritten frames are left in it.
+
+        `now_ns` is the conntrack clock; by default the receive time of the burst's last frame,
+        so a replayed capture ages its connections by its own timestamps."""
+        cdef uint64_t now = 0
+        if now_ns is not None:
+            now = now_ns
+        elif burst.b.n:
+            now = burst.b.meta[burst.b.n - 1].ts_ns
         with nogil:
-            self.run(&burst.b)
+            self.run(&burst.b, now)
 
     def reset_counters(self):
         self.counters[:] = 0
         self.drops[:] = 0
         self.port_tx[:] = 0
 
-    cdef void run(self, burst_t *b) noexcept nogil:
+    cdef void run(self, burst_t *b, uint64_t now_ns) noexcept nogil:
         cdef uint32_t i
         parse_burst(b, self.cnt, self.drp)
+        if self.ctnat is not None:
+            self.ctnat.run(b, now_ns, self.cnt, self.drp)
         self.router.route_burst(b, self.cnt, self.drp)
         for i in range(b.n):
-            if b.verdict[i] == V_FORWARD and b.meta[i].port_out < self.n_ports:
+            if (b.verdict[i] == V_FORWARD or b.verdict[i] == V_REJECT) \
+                    and b.meta[i].port_out < self.n_ports:
                 self.tx[b.meta[i].port_out] += 1
                 self.cnt[CNT_TX] += 1

@@ -48,14 +48,24 @@ class DataplaneConfig:
     ports: tuple[Port, ...]
     routes: tuple[Route, ...]
     cluster_cidrs: tuple[IPNetwork, ...] = ()  # pod networks; traffic from outside them is masqueraded
+    # Pod traffic to these is not SNATed (ip-masq-agent's nonMasqueradeCIDRs); None: the cluster
+    # CIDRs plus the node's on-link networks.
+    non_masquerade_cidrs: tuple[IPNetwork, ...] | None = None
+    service_load_balancing: str = "random"    # backend choice: "random" or "maglev" (consistent)
+    conntrack_size: int | None = None        # flow-table entries; None: from kube-proxy's settings
 
     def describe(self) -> dict:
         return {"nodeName": self.node_name, "nodeIPs": [str(a) for a in self.node_ips],
                 "clusterCIDRs": [str(n) for n in self.cluster_cidrs],
+                "nonMasqueradeCIDRs": None if self.non_masquerade_cidrs is None
+                else [str(n) for n in self.non_masquerade_cidrs],
+                "serviceLoadBalancing": self.service_load_balancing,
+                "conntrackSize": self.conntrack_size,
                 "ports": [p.describe() for p in self.ports], "routes": [r.describe() for r in self.routes]}
 
 
-FIELDS = ("apiVersion", "kind", "nodeName", "nodeIPs", "clusterCIDRs", "ports", "routes")
+FIELDS = ("apiVersion", "kind", "nodeName", "nodeIPs", "clusterCIDRs", "nonMasqueradeCIDRs",
+          "serviceLoadBalancing", "conntrackSize", "ports", "routes")
 PORT_FIELDS = ("name", "mac", "mtu", "ifname", "type")
 ROUTE_FIELDS = ("prefix", "port", "via", "mac")
 
@@ -98,5 +108,10 @@ def parse(o: Obj) -> DataplaneConfig:
         return Route(prefix, port, port_index[port], via, r.get("mac", str, parse=mac_address))
 
     routes = o.objects("routes", ROUTE_FIELDS, route, unique={"prefix": lambda r: r.prefix})
-    return DataplaneConfig(node_name, node_ips, ports, routes, cluster_cidrs)
+    non_masq = (o.scalars("nonMasqueradeCIDRs", str, strict_cidr, unique="CIDR")
+                if o.get("nonMasqueradeCIDRs", list) is not None else None)
+    return DataplaneConfig(
+        node_name, node_ips, ports, routes, cluster_cidrs, non_masq,
+        o.get("serviceLoadBalancing", str, "random", parse=one_of("random", "maglev")),
+        o.get("conntrackSize", int, parse=in_range(1, 1 << 30)))
 

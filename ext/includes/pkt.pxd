@@ -52,6 +52,19 @@ cdef enum:
     PKT_F_OVERSIZE = 0x0100    # frame did not fit its slot: delivered empty, dropped as oversize
     PKT_F_RX_MASK = 0x0180     # flags set by the receive path (the parser keeps them)
 
+# SCTP packets carry their chunk types in pkt_meta.tcp_flags: one bit per state-changing chunk
+# type present (the parser ORs them while walking the chunks; conntrack's tracker applies them in
+# bit order). DATA, SACK, HEARTBEAT and the like change no state and set no bit.
+cdef enum:
+    SCTP_F_INIT = 0x01                # chunk type 1
+    SCTP_F_INIT_ACK = 0x02            # 2
+    SCTP_F_COOKIE_ECHO = 0x04         # 10
+    SCTP_F_COOKIE_ACK = 0x08          # 11
+    SCTP_F_SHUTDOWN = 0x10            # 7
+    SCTP_F_SHUTDOWN_ACK = 0x20        # 8
+    SCTP_F_SHUTDOWN_COMPLETE = 0x40   # 14
+    SCTP_F_ABORT = 0x80               # 6
+
 # One flow tuple, shared by conntrack, load balancing and NAT. Addresses stay in network byte
 # order as 4 words so v4 and v6 share one layout (v4 uses word 0, the rest are zero); ports are in
 # host order. ICMP echo puts the identifier in sport and dport; other ICMP leaves both 0.

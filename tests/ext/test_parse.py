@@ -361,3 +361,26 @@ def test_mutated_valid_frames_never_read_past_the_end():
                 f = f[:rng.randrange(len(f) + 1)]
             frames.append(bytes(f))
         _check_consistent(frames, metas_no_overread(frames))
+
+
+def test_sctp_chunk_types_reach_conntrack():
+    """SCTP's state-changing chunks are summarised in tcp_flags (SCTP_F_* bits of pkt.pxd)."""
+    from scapy.all import (SCTPChunkAbort, SCTPChunkCookieAck, SCTPChunkCookieEcho, SCTPChunkData,
+                           SCTPChunkInit, SCTPChunkInitAck, SCTPChunkShutdown,
+                           SCTPChunkShutdownAck, SCTPChunkShutdownComplete)
+    from dataplane import conntrack as ct
+    cases = [(SCTPChunkInit(), ct.SCTP_F_INIT), (SCTPChunkInitAck(), ct.SCTP_F_INIT_ACK),
+             (SCTPChunkCookieEcho(), ct.SCTP_F_COOKIE_ECHO),
+             (SCTPChunkCookieAck(), ct.SCTP_F_COOKIE_ACK),
+             (SCTPChunkShutdown(), ct.SCTP_F_SHUTDOWN),
+             (SCTPChunkShutdownAck(), ct.SCTP_F_SHUTDOWN_ACK),
+             (SCTPChunkShutdownComplete(), ct.SCTP_F_SHUTDOWN_COMPLETE),
+             (SCTPChunkAbort(), ct.SCTP_F_ABORT), (SCTPChunkData(data=b"x"), 0)]
+    for chunk, bits in cases:
+        assert ok(E / IP(**V4) / SCTP(sport=1, dport=2) / chunk)["tcp_flags"] == bits, chunk
+    bundled = E / IP(**V4) / SCTP() / SCTPChunkCookieAck() / SCTPChunkData(data=b"abc")
+    assert ok(bundled)["tcp_flags"] == ct.SCTP_F_COOKIE_ACK
+    # A zero chunk length must end the walk, not loop on it.
+    raw = bytearray(bytes(E / IP(**V4) / SCTP() / SCTPChunkInit()))
+    raw[14 + 20 + 12 + 2:14 + 20 + 12 + 4] = b"\x00\x00"
+    assert ok(Ether(bytes(raw)))["tcp_flags"] == ct.SCTP_F_INIT
