@@ -19,10 +19,15 @@ class Port:
     mtu: int = 1500           # largest L3 packet the port may send
     ifname: str | None = None  # live mode: host interface to attach; None means the same as `name`
     type: str = "afpacket"    # live mode: "afpacket" (existing NIC) or "tap" (create a tap device)
+    # Addresses the dataplane owns on this port and answers ARP / neighbour solicitations for
+    # (e.g. the pods' gateway address on a pod-facing port).
+    addresses: tuple[IPAddress, ...] = ()
+    proxy_arp: bool = False   # answer every ARP / NS on this port (the port facing the node's stack)
 
     def describe(self) -> dict:
         return {"name": self.name, "index": self.index, "mac": format_mac(self.mac), "mtu": self.mtu,
-                "ifname": self.ifname or self.name, "type": self.type}
+                "ifname": self.ifname or self.name, "type": self.type,
+                "addresses": [str(a) for a in self.addresses], "proxyARP": self.proxy_arp}
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,9 @@ class DataplaneConfig:
     non_masquerade_cidrs: tuple[IPNetwork, ...] | None = None
     service_load_balancing: str = "random"    # backend choice: "random" or "maglev" (consistent)
     conntrack_size: int | None = None        # flow-table entries; None: from kube-proxy's settings
+    # Port (a tap into the node's own stack) that packets for the node are delivered to; None:
+    # the node's stack sees them on the interface itself and the dataplane leaves them alone.
+    local_port: str | None = None
 
     def describe(self) -> dict:
         return {"nodeName": self.node_name, "nodeIPs": [str(a) for a in self.node_ips],
@@ -60,13 +68,13 @@ class DataplaneConfig:
                 "nonMasqueradeCIDRs": None if self.non_masquerade_cidrs is None
                 else [str(n) for n in self.non_masquerade_cidrs],
                 "serviceLoadBalancing": self.service_load_balancing,
-                "conntrackSize": self.conntrack_size,
+                "conntrackSize": self.conntrack_size, "localPort": self.local_port,
                 "ports": [p.describe() for p in self.ports], "routes": [r.describe() for r in self.routes]}
 
 
 FIELDS = ("apiVersion", "kind", "nodeName", "nodeIPs", "clusterCIDRs", "nonMasqueradeCIDRs",
-          "serviceLoadBalancing", "conntrackSize", "ports", "routes")
-PORT_FIELDS = ("name", "mac", "mtu", "ifname", "type")
+          "serviceLoadBalancing", "conntrackSize", "localPort", "ports", "routes")
+PORT_FIELDS = ("name", "mac", "mtu", "ifname", "type", "addresses", "proxyARP")
 ROUTE_FIELDS = ("prefix", "port", "via", "mac")
 
 
@@ -77,7 +85,9 @@ def _port(o: Obj) -> Port:
         index=o.path[-1],
         mtu=o.get("mtu", int, 1500, parse=in_range(68, 65535)),
         ifname=o.get("ifname", str, parse=_port_name),
-        type=o.get("type", str, "afpacket", parse=one_of("afpacket", "tap")))
+        type=o.get("type", str, "afpacket", parse=one_of("afpacket", "tap")),
+        addresses=o.scalars("addresses", str, unicast_ip, unique="address"),
+        proxy_arp=o.get("proxyARP", bool, False))
 
 
 def _port_name(value: str) -> str:
@@ -110,8 +120,11 @@ def parse(o: Obj) -> DataplaneConfig:
     routes = o.objects("routes", ROUTE_FIELDS, route, unique={"prefix": lambda r: r.prefix})
     non_masq = (o.scalars("nonMasqueradeCIDRs", str, strict_cidr, unique="CIDR")
                 if o.get("nonMasqueradeCIDRs", list) is not None else None)
+    local_port = o.get("localPort", str)
+    if local_port is not None and local_port not in port_index:
+        raise Invalid(o.at("localPort"), f"no such port {local_port!r}")
     return DataplaneConfig(
         node_name, node_ips, ports, routes, cluster_cidrs, non_masq,
         o.get("serviceLoadBalancing", str, "random", parse=one_of("random", "maglev")),
-        o.get("conntrackSize", int, parse=in_range(1, 1 << 30)))
+        o.get("conntrackSize", int, parse=in_range(1, 1 << 30)), local_port)
 

@@ -1,6 +1,7 @@
 """DataplaneConfiguration: model, validation rules, error reporting, file handling."""
 import ipaddress
 import json
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -192,6 +193,32 @@ def test_describe_is_json_able():
     d = load(EXAMPLES / "replay.yaml").describe()
     assert json.loads(json.dumps(d)) == d
     assert d["dataplane"]["ports"] == [{"name": "eth0", "index": 0, "mac": "02:00:00:00:00:01", "mtu": 1500,
-                                        "ifname": "eth0", "type": "afpacket"}]
+                                        "ifname": "eth0", "type": "afpacket",
+                                        "addresses": [], "proxyARP": False}]
     assert d["dataplane"]["routes"][0] == {"prefix": "0.0.0.0/0", "port": "eth0", "portIndex": 0,
                                            "via": "192.168.0.1", "mac": "02:00:00:00:00:fe"}
+
+
+def test_live_mode_fields():
+    cfg = loads(textwrap.dedent("""\
+        apiVersion: dataplane/v1alpha1
+        kind: DataplaneConfiguration
+        nodeName: node-a
+        nodeIPs: [192.168.0.2]
+        localPort: host
+        ports:
+          - {name: eth0, mac: "02:00:00:00:00:01", addresses: [10.244.0.1, "fd00:244::1"]}
+          - {name: host, type: tap, mac: "02:00:00:00:00:03", proxyARP: true}
+        """))
+    eth0, host = cfg.dataplane.ports
+    assert [str(a) for a in eth0.addresses] == ["10.244.0.1", "fd00:244::1"]
+    assert host.proxy_arp and not eth0.proxy_arp and cfg.dataplane.local_port == "host"
+    bad = loads(textwrap.dedent("""\
+        apiVersion: dataplane/v1alpha1
+        kind: DataplaneConfiguration
+        nodeName: node-a
+        localPort: nope
+        ports: [{name: eth0, mac: "02:00:00:00:00:01", addresses: [224.0.0.1]}]
+        """), strict=False)
+    messages = " / ".join(p.message for p in bad.problems)
+    assert "no such port 'nope'" in messages or "224.0.0.1" in messages
