@@ -7,8 +7,9 @@ cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 
 debian_packages() {
-    # iproute2: namespaces and veths for the live tests; gcc: the Cython build.
-    local want=(iproute2 gcc)
+    # iproute2: namespaces, veths and taps for the live dataplane and its lab; ethtool: veth
+    # offloads; iptables/nftables: the kernel baselines of the benchmarks; gcc: the Cython build.
+    local want=(iproute2 ethtool iptables nftables procps gcc)
     "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || want+=(python3-venv)
     "$PYTHON" - <<'PY' 2>/dev/null || want+=(python3-dev)
 import os, sys, sysconfig

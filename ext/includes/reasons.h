@@ -51,6 +51,9 @@ static const char *const drop_reason_strings[] = {
   _(VLAN, "vlan")               /* frames with at least one VLAN tag */   \
   _(FRAGMENT, "fragment")       /* IP fragments (any) */                  \
   _(ICMP_ERROR, "icmp_error")   /* ICMP/ICMPv6 errors with inner header */\
+  _(NEIGH_REPLY, "neigh_reply") /* ARP replies / NAs we answered with */   \
+  _(NEIGH_LEARN, "neigh_learn") /* neighbour entries learned or refreshed */\
+  _(NEIGH_SOLICIT, "neigh_solicit") /* ARP requests / NSs we sent */      \
   _(CT_NEW, "ct_new")           /* connections created by conntrack */    \
   _(CT_ESTABLISHED, "ct_established") /* tracked, original direction */ \
   _(CT_REPLY, "ct_reply")       /* tracked, reply direction */            \
