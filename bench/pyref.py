@@ -98,3 +98,69 @@ def replay(router: PyRouter, in_path, out_path) -> int:
                 out.write(buf)
             n += 1
     return n
+
+
+def _fold(acc: int) -> int:
+    while acc >> 16:
+        acc = (acc & 0xFFFF) + (acc >> 16)
+    return acc
+
+
+def _csum_replace(frame: bytearray, off: int, old: bytes, new: bytes) -> None:
+    """RFC 1624 update of the checksum at `off` for a field changing from old to new."""
+    acc = ~struct.unpack_from("!H", frame, off)[0] & 0xFFFF
+    for k in range(0, len(old), 2):
+        acc += (~int.from_bytes(old[k:k + 2], "big") & 0xFFFF) + int.from_bytes(new[k:k + 2], "big")
+    struct.pack_into("!H", frame, off, ~_fold(acc) & 0xFFFF)
+
+
+class PyServiceNode:
+    """Pure-Python conntrack + Service DNAT in front of PyRouter, for IPv4 TCP/UDP: a dict of
+    flows keyed by both directions' tuples, a dict of Service frontends, random backends."""
+
+    def __init__(self, config, seed: int = 1):
+        import random
+        self.rng = random.Random(seed)
+        self.router = PyRouter(config.dataplane)
+        self.frontends: dict[tuple, list[tuple[bytes, int]]] = {}
+        by_service = {(s.namespace, s.service_name): s for s in config.endpoint_slices}
+        for svc in config.services:
+            sl = by_service[(svc.namespace, svc.name)]
+            for sp in svc.ports:
+                port = next(p.port for p in sl.ports if p.name == sp.name)
+                self.frontends[(svc.cluster_ips[0].packed, sp.port, 6)] = [
+                    (e.addresses[0].packed, port) for e in sl.endpoints if e.ready]
+        self.flows: dict[tuple, tuple] = {}
+
+    def process(self, frame: bytearray) -> tuple[str, int | None]:
+        if struct.unpack_from("!H", frame, 12)[0] == 0x0800 and frame[23] in (6, 17):
+            ihl = (frame[14] & 0x0F) * 4
+            l4 = 14 + ihl
+            key = (bytes(frame[26:30]), bytes(frame[30:34]),
+                   struct.unpack_from("!H", frame, l4)[0], struct.unpack_from("!H", frame, l4 + 2)[0],
+                   frame[23])
+            to = self.flows.get(key)
+            if to is None:
+                backends = self.frontends.get((key[1], key[3], key[4]))
+                if backends:
+                    addr, port = backends[self.rng.randrange(len(backends))]
+                    reply = (addr, key[0], port, key[2], key[4])
+                    to = (key[0], addr, key[2], port)
+                    self.flows[key] = to
+                    self.flows[reply] = (key[1], key[0], key[3], key[2])
+            if to is not None:
+                self._rewrite(frame, l4, key, to)
+        return process(self.router, frame)
+
+    @staticmethod
+    def _rewrite(frame: bytearray, l4: int, key: tuple, to: tuple) -> None:
+        check = l4 + (16 if key[4] == 6 else 6)
+        for off, old, new in ((26, key[0], to[0]), (30, key[1], to[1])):
+            if old != new:
+                frame[off:off + 4] = new
+                _csum_replace(frame, 24, old, new)
+                _csum_replace(frame, check, old, new)
+        for off, old, new in ((l4, key[2], to[2]), (l4 + 2, key[3], to[3])):
+            if old != new:
+                struct.pack_into("!H", frame, off, new)
+                _csum_replace(frame, check, old.to_bytes(2, "big"), new.to_bytes(2, "big"))

@@ -4,33 +4,18 @@ same run: building a plain dict-of-lists model of the same Services and endpoint
 
     .venv/bin/pytest bench/test_bench_proxier.py --benchmark-enable -s
 """
-import ipaddress
 import time
 from dataclasses import replace
 
 import pytest
 
-from dataplane.config.k8s import Endpoint, EndpointPort, EndpointSlice, Service, ServicePort
-from dataplane.config.loader import Config
 from dataplane.proxier import Proxier
+
+import clusters
 
 N_SERVICES = 10_000
 N_ENDPOINTS = 10
-NODE = "node-0"
-
-
-def _cluster():
-    services, slices = [], []
-    base_svc = int(ipaddress.IPv4Address("10.96.0.0"))
-    base_pod = int(ipaddress.IPv4Address("10.244.0.0"))
-    for i in range(N_SERVICES):
-        name = f"svc-{i}"
-        services.append(Service("default", name, "ClusterIP", (ipaddress.IPv4Address(base_svc + i + 1),),
-                                ip_families=("IPv4",), ports=(ServicePort("http", "TCP", 80, 8080),)))
-        eps = tuple(Endpoint((ipaddress.IPv4Address(base_pod + i * N_ENDPOINTS + j),), node_name=f"node-{j % 3}")
-                    for j in range(N_ENDPOINTS))
-        slices.append(EndpointSlice("default", f"{name}-abc", name, "IPv4", eps, (EndpointPort("http", "TCP", 8080),)))
-    return Config(services=tuple(services), endpoint_slices=tuple(slices))
+NODE = clusters.NODE
 
 
 def _baseline_model(config):
@@ -61,7 +46,7 @@ def _best(fn, rounds):
 
 @pytest.fixture(scope="module")
 def cluster():
-    return _cluster()
+    return clusters.services(N_SERVICES, N_ENDPOINTS)
 
 
 def test_full_load(benchmark, cluster):

@@ -4,7 +4,8 @@ Python builds and inspects bursts only in tests, the control plane and traces; t
 fills them from rings and files in C (see dataplane.pcap) and hands &burst.b to nogil stages.
 """
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
+from libc.stdint cimport uint64_t
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from cpython.ref cimport Py_INCREF
 cimport numpy as cnp
@@ -96,6 +97,39 @@ cdef class Burst:
                 self.b.meta[i].ts_ns = src.b.meta[i].ts_ns
                 memcpy(pkt_data(&self.b, i), pkt_data(&src.b, i), src.b.meta[i].len)
             self.b.n = n
+
+    def load_array(self, const uint8_t[:, ::1] frames not None, Py_ssize_t start=0,
+                   unsigned int port_in=0, uint64_t ts_ns=0):
+        """Fill the burst with rows start.. of a 2-D uint8 array of same-length frames (traffic
+        generators and benchmarks); returns how many were taken."""
+        cdef Py_ssize_t n = min(<Py_ssize_t>self.b.cap, frames.shape[0] - start)
+        cdef uint16_t length = <uint16_t>frames.shape[1]
+        cdef Py_ssize_t i
+        if start < 0 or n < 0:
+            raise IndexError(start)
+        if frames.shape[1] > self.b.slot_size - SLOT_HEADROOM:
+            raise ValueError(f"frames of {frames.shape[1]} bytes exceed slot of {self.max_frame}")
+        with nogil:
+            for i in range(n):
+                pkt_reset(&self.b, <uint32_t>i, length, <uint16_t>port_in)
+                self.b.meta[i].ts_ns = ts_ns
+                memcpy(pkt_data(&self.b, <uint32_t>i), &frames[start + i, 0], length)
+            self.b.n = <uint32_t>n
+        return n
+
+    def store_array(self, uint8_t[:, ::1] out not None, Py_ssize_t start=0):
+        """Copy the frames (as they are now) into rows start.. of a 2-D uint8 array; each frame
+        is cut or zero-padded to the row length. Returns how many rows were written."""
+        cdef Py_ssize_t n = min(<Py_ssize_t>self.b.n, out.shape[0] - start)
+        cdef Py_ssize_t i, width = out.shape[1], length
+        if start < 0 or n < 0:
+            raise IndexError(start)
+        with nogil:
+            for i in range(n):
+                length = min(<Py_ssize_t>self.b.meta[i].len, width)
+                memcpy(&out[start + i, 0], pkt_data(&self.b, <uint32_t>i), length)
+                memset(&out[start + i, length], 0, width - length)
+        return n
 
     def frame(self, uint32_t i):
         """The frame at index i as it is now (after any rewrite)."""
