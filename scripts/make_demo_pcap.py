@@ -22,7 +22,7 @@ def frames(rng: random.Random):
         yield pod / IP(src=POD_A, dst=REMOTE_POD) / TCP(sport=40000 + i, dport=8080, flags="S")
     for i in range(200):  # node-b's pod -> local pod
         yield uplink / IP(src=REMOTE_POD, dst=POD_B) / TCP(sport=8080, dport=40000 + i, flags="SA")
-    for i in range(200):  # pod -> internet DNS
+    for i in range(200):  # pod -> internet DNS: leaves SNATed to the node IP
         yield pod / IP(src=POD_A, dst="1.1.1.1") / UDP(sport=50000 + i, dport=53) / DNS(
             qd=DNSQR(qname=f"svc{i}.example.com"))
     for i in range(100):  # client -> the node itself
@@ -36,6 +36,13 @@ def frames(rng: random.Random):
         yield pod / IP(src=POD_A, dst="9.9.9.9", ttl=1) / UDP(sport=33434 + i, dport=33434)
     for i in range(20):
         yield uplink / ARP(op=1, psrc="192.168.0.1", pdst="192.168.0.2")
+    for i in range(100):  # pod -> Service web's ClusterIP: DNAT to a pod on either node
+        yield pod / IP(src=POD_A, dst="10.96.0.10") / TCP(sport=42000 + i, dport=80, flags="S")
+    for i in range(50):  # outside client -> NodePort: DNAT and masquerade
+        yield uplink / IP(src=f"198.51.100.{1 + i}", dst="192.168.0.2") / TCP(
+            sport=51000 + i, dport=30080, flags="S")
+    for i in range(10):  # Service without endpoints: answered with a RST
+        yield pod / IP(src=POD_A, dst="10.96.0.20") / TCP(sport=43000 + i, dport=80, flags="S")
     for i in range(10):  # malformed: header cut short, IHL < 5
         yield bytes(pod / IP(src=POD_A, dst=REMOTE_POD) / TCP())[: 14 + rng.randint(1, 30)]
         raw = bytearray(bytes(pod / IP(src=POD_A, dst=REMOTE_POD) / UDP()))

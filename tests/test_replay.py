@@ -218,9 +218,10 @@ def test_help(command, capsys):
 def test_demo_runs(capsys):
     assert main(["demo", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["packets"] == 1010
+    assert summary["packets"] == 1170
     assert summary["counters"]["routed"] > 0 and summary["counters"]["local"] > 0
     assert summary["drops"]["ttl_expired"] == 20
+    assert summary["counters"]["dnat"] == 150 and summary["counters"]["reject"] == 10
 
 
 def test_frames_larger_than_a_slot_are_oversize_drops(run_replay):
