@@ -378,3 +378,36 @@ def test_replay_cli_with_services(tmp_path, capsys):
     records = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
     assert records[-1]["verdict"] == "reject" and records[-1]["reason"] == "no_endpoint"
     assert {r["out"]["dport"] for r in records[:10]} == {8080}
+
+
+def test_full_conntrack_drops_new_flows_only():
+    node = Node(CLUSTER.replace("clusterCIDRs:", "conntrackSize: 4\nclusterCIDRs:"))
+    first = node.send(*[IP(src="10.244.0.11", dst="10.96.0.10") / TCP(sport=100 + k, dport=80)
+                        for k in range(4)])
+    assert all(rec["verdict"] == "forward" for rec, _ in first)
+    (full, _), = node.send(IP(src="10.244.0.11", dst="10.96.0.10") / TCP(sport=999, dport=80))
+    assert (full["verdict"], full["reason"]) == ("drop", "ct_full")
+    # Established connections keep working at a full table.
+    (retry, _), = node.send(IP(src="10.244.0.11", dst="10.96.0.10") / TCP(sport=100, dport=80))
+    assert endpoint(retry["out"]) == endpoint(first[0][0]["out"])
+
+
+def test_maglev_keeps_most_flows_when_an_endpoint_goes():
+    """With Maglev, a new connection's backend depends on the flow hash only: after removing one
+    of the Service's endpoints, flows that were not on it almost all keep their backend (Maglev's
+    disruption is minimal, not zero)."""
+    text = CLUSTER.replace("clusterCIDRs:", "serviceLoadBalancing: maglev\nclusterCIDRs:")
+    many = "".join([service("big", "{clusterIP: 10.96.0.200, ports: [{port: 80, targetPort: 8080}]}"),
+                    slice_("big-1", "big", [ready(f"10.244.1.{100 + i}", "node-b") for i in range(8)],
+                           "{port: 8080, protocol: TCP}")])
+    probes = [IP(src="10.244.0.11", dst="10.96.0.200") / TCP(sport=20000 + k, dport=80)
+              for k in range(400)]
+    before = {rec["index"] % 400: endpoint(rec["out"]) for rec, _ in Node(text + many).send(*probes)}
+    fewer = many.replace('{addresses: ["10.244.1.107"], nodeName: node-b, conditions: {ready: true, '
+                         'serving: true, terminating: false}}', "").replace("}, ]", "}]")
+    after = {rec["index"] % 400: endpoint(rec["out"]) for rec, _ in Node(text + fewer).send(*probes)}
+    assert "10.244.1.107:8080" in before.values()
+    assert "10.244.1.107:8080" not in after.values()
+    stayed = [k for k in before if before[k] != "10.244.1.107:8080"]
+    moved = [k for k in stayed if before[k] != after[k]]
+    assert len(moved) <= len(stayed) // 10, (len(moved), len(stayed))
