@@ -3,7 +3,7 @@
 Every namespace of lab NAME is called `dpl.NAME.<role>` (lab names have no dots), so a
 crashed lab's leftovers are found by prefix even without its state file. State lives in
 STATE_ROOT/NAME/ (state.json, one directory per node with the dataplane's config and log);
-a lock file serialises `up`/`down`/`apply` of one lab across processes.
+a lock file serialises `up`/`down`/`apply` across processes.
 """
 from __future__ import annotations
 
@@ -97,12 +97,11 @@ def _save_state(state: dict) -> None:
 
 @contextmanager
 def _locked(name: str):
+    # One lock for all labs (one small file that stays): building and deleting take well under
+    # a second, and serialising them keeps concurrent `ip netns` listings consistent.
     STATE_ROOT.mkdir(parents=True, exist_ok=True)
-    with open(STATE_ROOT / f".{name}.lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LabError(f"lab {name!r} is busy: another `dataplane lab` command holds {f.name}") from None
+    with open(STATE_ROOT / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
         yield
 
 
