@@ -276,8 +276,10 @@ cdef class Neighbours:
         macs = [bytes(mac) for mac in port_macs]
         if not 0 < len(macs) <= 0xffff or any(len(mac) != 6 for mac in macs):
             raise ValueError("need 1..65535 ports with 6-byte MACs")
-        if capacity == 0 or reachable_s <= 0 or stale_s <= 0 or retrans_ms <= 0:
-            raise ValueError("capacity and timeouts must be positive")
+        if not 0 < capacity <= 1 << 30 or max_owned > 1 << 30:
+            raise ValueError("capacity must be 1..2**30 and max_owned at most 2**30")
+        if reachable_s <= 0 or stale_s <= 0 or retrans_ms <= 0:
+            raise ValueError("timeouts must be positive")
         self.nports = len(macs)
         tbl_init(&self.nt, capacity)
         tbl_init(&self.own, max_owned + self.nports)      # plus one link-local per port

@@ -380,3 +380,21 @@ def test_owned_addresses_and_sources():
     assert Ether(b.frame(0))[ARP].psrc == "10.0.0.2"
     with pytest.raises(ValueError):
         nb.add_owned(1, "10.0.0.3")
+
+
+def test_results_do_not_depend_on_bytes_behind_the_frame():
+    """Replies and verdicts are the same with zeros or ones behind every frame in its slot."""
+    frames = [bytes(arp_req(OWN4)), bytes(ns(OWN6)), bytes(ns(OWN6, src="::", lla=None)),
+              bytes(na(PEER6, PEER)), bytes(ns(OWN6, lla=None) / Raw(b"\x01\x02" + bytes(6)))]   # option past the end
+    outs = []
+    for fill in (0x00, 0xFF):
+        nb = table()
+        b = Burst(capacity=len(frames))
+        b.extend([bytes([fill]) * b.max_frame] * len(frames))
+        b.clear()
+        b.extend(frames)
+        parse(b)
+        nb.run(b, 0)
+        outs.append([(b.meta(i)["verdict"], b.meta(i)["reason"], b.frame(i))
+                     for i in range(len(b))])
+    assert outs[0] == outs[1] and outs[0][-1][1] == "bad_l4_len"
