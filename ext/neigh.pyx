@@ -34,7 +34,7 @@ import ipaddress
 import numpy as np
 
 from dataplane.includes.pkt cimport (
-    burst_t, pkt_meta, pkt_tuple, pkt_data, pkt_drop, V_PENDING, V_FORWARD, V_LOCAL, L3_ARP,
+    burst_t, pkt_meta, pkt_data, pkt_drop, V_PENDING, V_FORWARD, V_LOCAL, L3_ARP,
     L3_IP6, PKT_F_L4, PKT_F_FRAGMENT, DROP_BAD_LEN, DROP_NOT_IP, DROP_BAD_L4_LEN, DROP_BAD_CSUM,
     DROP_N_REASONS, CNT_NEIGH_REPLY, CNT_NEIGH_LEARN, CNT_LOCAL, CNT_N_COUNTERS,
 )
