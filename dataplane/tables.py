@@ -12,11 +12,13 @@ from dataplane.config.k8s import KubeProxyConfig
 from dataplane.conntrack import Conntrack
 from dataplane.ctnat import CtNat
 from dataplane.lpm import LPM4, LPM6
+from dataplane.neigh import Neighbours
 from dataplane.pipeline import Pipeline
 from dataplane.proxier import Proxier
 from dataplane.route import NH_LOCAL, Router
 
-__all__ = ["NodeDataplane", "build_pipeline", "build_router", "conntrack_settings"]
+__all__ = ["NodeDataplane", "build_neighbours", "build_pipeline", "build_router",
+           "conntrack_settings"]
 
 DEFAULT_CONNTRACK_SIZE = 1 << 20
 
@@ -26,7 +28,7 @@ def build_router(dp) -> Router:
     router = Router(LPM4(), LPM6())
     for route in dp.routes:
         port = dp.ports[route.port_index]
-        nexthop = router.add_nexthop(route.port_index, port.mac, route.mac)
+        nexthop = router.add_nexthop(route.port_index, port.mac, route.mac, route.via)
         _lpm_for(router, route.prefix.version).add(route.prefix, nexthop)
     for addr in dp.node_ips:
         host = ipaddress.ip_network(addr)  # /32 or /128
@@ -57,10 +59,25 @@ def conntrack_settings(dp, kube_proxy: KubeProxyConfig | None, cores: int | None
     return size, {k: v for k, v in timeouts.items() if v}
 
 
-class NodeDataplane:
-    """One node's fast path: routes, conntrack, Services (via the proxier) and the pipeline."""
+def build_neighbours(dp) -> Neighbours:
+    """Live mode: the dataplane answers ARP/ND for the addresses its ports own and resolves
+    next hops configured without a MAC."""
+    neigh = Neighbours([p.mac for p in dp.ports])
+    for port in dp.ports:
+        for addr in port.addresses:
+            neigh.add_owned(port.index, addr)
+        if port.proxy_arp:
+            neigh.set_proxy(port.index, True)
+    return neigh
 
-    def __init__(self, config):
+
+class NodeDataplane:
+    """One node's fast path: routes, conntrack, Services (via the proxier) and the pipeline.
+
+    `live`: attached to real ports (`dataplane run`), so neighbour discovery runs too; replay
+    leaves it out and keeps its output a pure function of the capture."""
+
+    def __init__(self, config, live: bool = False):
         dp = config.dataplane
         if dp is None:
             raise ValueError("no DataplaneConfiguration object (ports and routes)")
@@ -72,7 +89,16 @@ class NodeDataplane:
             config, conntrack=self.conntrack, algorithm=dp.service_load_balancing,
             non_masquerade_cidrs=dp.non_masquerade_cidrs)
         self.ctnat = CtNat(self.conntrack, self.proxier.lb)
-        self.pipeline = Pipeline(build_router(dp), len(dp.ports), self.ctnat)
+        self.router = build_router(dp)
+        if live:
+            self.router.set_neighbours(build_neighbours(dp))
+        self.pipeline = Pipeline(self.router, len(dp.ports), self.ctnat)
+
+    def attach_ports(self, ports) -> None:
+        """Live ports are open: packets for the node go to the local port's kernel side."""
+        if self.dp.local_port is not None:
+            index = self.port_names.index(self.dp.local_port)
+            self.router.set_local(index, ports[index].kernel_mac, self.dp.ports[index].mac)
 
     def apply(self, config):
         """Load a new set of Services and EndpointSlices; the pipeline uses it from the next burst."""

@@ -1,4 +1,5 @@
-"""The node pipeline: parse -> conntrack/Service NAT -> route, one nogil call per burst.
+"""The node pipeline: parse -> neighbours (live mode) -> conntrack/Service NAT -> route, one
+nogil call per burst.
 
 Stages only touch packets whose verdict is still pending, so each stage is a plain loop and
 the pipeline is the order of the calls. Counters are numpy arrays the control plane reads
@@ -54,9 +55,11 @@ cdef class Pipeline:
     cdef void run(self, burst_t *b, uint64_t now_ns) noexcept nogil:
         cdef uint32_t i
         parse_burst(b, self.cnt, self.drp)
+        if self.router.neigh is not None:
+            self.router.neigh.neigh_burst(b, now_ns, self.cnt, self.drp)
         if self.ctnat is not None:
             self.ctnat.run(b, now_ns, self.cnt, self.drp)
-        self.router.route_burst(b, self.cnt, self.drp)
+        self.router.route_burst(b, now_ns, self.cnt, self.drp)
         for i in range(b.n):
             if (b.verdict[i] == V_FORWARD or b.verdict[i] == V_REJECT) \
                     and b.meta[i].port_out < self.n_ports:

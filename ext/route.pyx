@@ -5,18 +5,21 @@ rewrites the Ethernet addresses to the next hop's and records the egress port. N
 in a flat table indexed by the LPM result; index 0 is reserved for "this node" so the node's
 own addresses are plain host routes in the same LPM.
 """
+import ipaddress
+
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 
 from dataplane.includes.pkt cimport (
-    burst_t, pkt_meta, pkt_data, pkt_drop, BURST_SIZE, V_PENDING, V_FORWARD, V_LOCAL,
-    L3_IP4, L3_IP6, L3_ARP, CNT_ROUTED, CNT_LOCAL,
+    burst_t, pkt_meta, pkt_data, pkt_drop, BURST_SIZE, V_PENDING, V_FORWARD, V_LOCAL, V_DROP,
+    L3_IP4, L3_IP6, L3_ARP, CNT_ROUTED, CNT_LOCAL, CNT_NEIGH_SOLICIT, DROP_NOT_IP,
     DROP_NO_ROUTE, DROP_TTL_EXPIRED, DROP_NO_NEIGHBOR, DROP_BAD_ETHERTYPE, DROP_BAD_CSUM,
 )
 from dataplane.includes.bytes cimport bswap32, load_be16
 from dataplane.csum cimport csum_replace2, ip4_hdr_csum_ok
 from dataplane.lpm cimport LPM4, LPM6
+from dataplane.neigh cimport Neighbours
 
 __all__ = ["Router", "NH_LOCAL"]
 
@@ -39,26 +42,46 @@ cdef class Router:
     def __dealloc__(self):
         PyMem_Free(self.nh)
 
-    def add_nexthop(self, unsigned int port, bytes src_mac not None, dst_mac=None):
-        """Register a forwarding next hop; dst_mac None means "not resolved yet" (dropped)."""
+    def add_nexthop(self, unsigned int port, bytes src_mac not None, dst_mac=None, via=None):
+        """Register a forwarding next hop and return its id. Without dst_mac the MAC of `via`
+        (or, for an on-link route, of the packet's destination) comes from the neighbour table."""
         if self.n >= self.cap:
             raise OverflowError(f"next-hop table full ({self.cap} entries)")
         if len(src_mac) != 6 or (dst_mac is not None and len(dst_mac) != 6):
             raise ValueError("MAC addresses are 6 bytes")
         cdef nexthop_t *e = &self.nh[self.n]
+        memset(e, 0, sizeof(nexthop_t))
         e.kind = NH_KIND_FORWARD
         e.port = <uint16_t>port
         memcpy(e.smac, <const char *>src_mac, 6)
         e.has_mac = dst_mac is not None
         if dst_mac is not None:
             memcpy(e.dmac, <const char *>dst_mac, 6)
+        if via is not None:
+            packed = ipaddress.ip_address(via).packed
+            e.family = 4 if len(packed) == 4 else 6
+            memcpy(e.via, <const char *>packed, len(packed))
         self.n += 1
         return self.n - 1
+
+    def set_local(self, unsigned int port, bytes kernel_mac not None, bytes port_mac not None):
+        """Deliver packets for this node out of `port` (a tap into the node's stack), addressed
+        to the kernel side's MAC; without this they are left to the stack that shares the NIC."""
+        if len(kernel_mac) != 6 or len(port_mac) != 6:
+            raise ValueError("MAC addresses are 6 bytes")
+        cdef nexthop_t *e = &self.nh[NH_ID_LOCAL]
+        e.port = <uint16_t>port
+        e.has_mac = True
+        memcpy(e.dmac, <const char *>kernel_mac, 6)
+        memcpy(e.smac, <const char *>port_mac, 6)
+
+    def set_neighbours(self, Neighbours neigh):
+        self.neigh = neigh
 
     def __len__(self):
         return self.n
 
-    cdef void route_burst(self, burst_t *b, uint64_t *cnt, uint64_t *drops) noexcept nogil:
+    cdef void route_burst(self, burst_t *b, uint64_t now_ns, uint64_t *cnt, uint64_t *drops) noexcept nogil:
         # Gather destinations per family, look them up in bulk, then apply: lookups of a whole
         # burst overlap their cache misses instead of paying them one packet at a time.
         cdef uint32_t addr4[BURST_SIZE]
@@ -86,8 +109,11 @@ cdef class Router:
                     memcpy(&addr6[n6 * 16], m.t.daddr, 16)
                     idx6[n6] = i
                     n6 += 1
+                elif m.l3 == L3_ARP and self.neigh is not None:
+                    # The neighbour stage took what is ours; other hosts' ARP ends here.
+                    pkt_drop(b, i, DROP_NOT_IP, drops)
                 elif m.l3 == L3_ARP:
-                    # The node's stack answers ARP until the dataplane owns neighbour discovery.
+                    # Replay / shared NIC: the node's stack sees ARP on the interface itself.
                     b.verdict[i] = V_LOCAL
                     cnt[CNT_LOCAL] += 1
                 else:
@@ -97,20 +123,21 @@ cdef class Router:
                 for k in range(n4):
                     if is_host_only4(addr4[k]):
                         nh4[k] = NH_ID_LOCAL
-                    self.apply(b, idx4[k], nh4[k], cnt, drops)
+                    self.apply(b, idx4[k], nh4[k], now_ns, cnt, drops)
             if n6:
                 self.lpm6.lookup_bulk_c(addr6, nh6, n6)
                 for k in range(n6):
                     if is_host_only6(&addr6[k * 16]):
                         nh6[k] = NH_ID_LOCAL
-                    self.apply(b, idx6[k], nh6[k], cnt, drops)
+                    self.apply(b, idx6[k], nh6[k], now_ns, cnt, drops)
             start = end
 
-    cdef inline void apply(self, burst_t *b, uint32_t i, int32_t nh, uint64_t *cnt,
-                           uint64_t *drops) noexcept nogil:
+    cdef inline void apply(self, burst_t *b, uint32_t i, int32_t nh, uint64_t now_ns,
+                           uint64_t *cnt, uint64_t *drops) noexcept nogil:
         cdef pkt_meta *m = &b.meta[i]
         cdef uint8_t *frame
         cdef uint8_t *ip
+        cdef uint8_t mac[6]
         cdef uint16_t old_word, new_word
         cdef nexthop_t *e
         if nh < 0 or <uint32_t>nh >= self.n:
@@ -126,12 +153,17 @@ cdef class Router:
         if e.kind == NH_KIND_LOCAL:
             b.verdict[i] = V_LOCAL
             cnt[CNT_LOCAL] += 1
+            if e.has_mac:  # a local port (tap) is configured
+                memcpy(frame, e.dmac, 6)
+                memcpy(frame + 6, e.smac, 6)
+                m.port_out = e.port
             return
         if m.ttl <= 1:
             pkt_drop(b, i, DROP_TTL_EXPIRED, drops)
             return
-        if not e.has_mac:
-            pkt_drop(b, i, DROP_NO_NEIGHBOR, drops)
+        if e.has_mac:
+            memcpy(mac, e.dmac, 6)
+        elif not self.next_hop_mac(b, i, e, now_ns, mac, cnt, drops):
             return
         if m.l3 == L3_IP4:
             # TTL shares a 16-bit word with the protocol: patch that word in the checksum.
@@ -142,11 +174,36 @@ cdef class Router:
         else:
             ip[7] -= 1
         m.ttl -= 1
-        memcpy(frame, e.dmac, 6)
+        memcpy(frame, mac, 6)
         memcpy(frame + 6, e.smac, 6)
         m.port_out = e.port
         b.verdict[i] = V_FORWARD
         cnt[CNT_ROUTED] += 1
+
+
+    cdef bint next_hop_mac(self, burst_t *b, uint32_t i, nexthop_t *e, uint64_t now_ns,
+                           uint8_t *mac, uint64_t *cnt, uint64_t *drops) noexcept nogil:
+        """The next hop's MAC from the neighbour table. On a miss the packet itself becomes the
+        ARP request / neighbour solicitation (no queue: like a full Linux arp_queue, the packet
+        is lost and counted, and the sender's retransmission finds the neighbour resolved)."""
+        cdef pkt_meta *m = &b.meta[i]
+        cdef const uint32_t *target = &m.t.daddr[0]
+        if e.family:
+            target = &e.via[0]
+        if self.neigh is None:
+            pkt_drop(b, i, DROP_NO_NEIGHBOR, drops)
+            return False
+        if self.neigh.resolve(e.port, target, m.t.family, now_ns, mac):
+            return True
+        drops[DROP_NO_NEIGHBOR] += 1
+        b.reason[i] = DROP_NO_NEIGHBOR
+        if self.neigh.solicit(b, i, e.port, target, m.t.family, now_ns) == 0:
+            b.verdict[i] = V_FORWARD
+            m.port_out = e.port
+            cnt[CNT_NEIGH_SOLICIT] += 1
+        else:
+            b.verdict[i] = V_DROP
+        return False
 
 
 cdef inline bint is_host_only4(uint32_t a) noexcept nogil:

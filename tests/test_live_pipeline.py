@@ -1,0 +1,91 @@
+"""The live-mode pipeline in memory: neighbour discovery in front of routing, and delivery of the
+node's own packets to a local (tap) port."""
+from scapy.all import ARP, ICMP, IP, UDP, Ether
+
+from dataplane.burst import Burst
+from dataplane.config import loads
+from dataplane.tables import NodeDataplane
+from dataplane.trace import trace_record
+
+UPLINK, PODS, HOST = "02:00:00:00:00:01", "02:00:00:00:00:02", "02:00:00:00:00:03"
+KERNEL = "02:00:00:00:00:99"
+POD_MAC = "0a:58:0a:f4:00:0a"
+CONFIG = f"""
+apiVersion: dataplane/v1alpha1
+kind: DataplaneConfiguration
+nodeName: node-a
+nodeIPs: [192.168.0.2]
+clusterCIDRs: [10.244.0.0/16]
+localPort: host
+ports:
+  - {{name: eth0, mac: "{UPLINK}", addresses: [192.168.0.2]}}
+  - {{name: pod1, mac: "{PODS}", addresses: [10.244.0.1]}}
+  - {{name: host, type: tap, mac: "{HOST}", proxyARP: true}}
+routes:
+  - {{prefix: 10.244.0.10/32, port: pod1}}
+  - {{prefix: 0.0.0.0/0, port: eth0, via: 192.168.0.1}}
+"""
+
+
+class FakeTap:
+    kernel_mac = bytes.fromhex(KERNEL.replace(":", ""))
+
+
+def node():
+    dp = NodeDataplane(loads(CONFIG), live=True)
+    dp.attach_ports([None, None, FakeTap()])
+    return dp
+
+
+def send(dp, pkt, port):
+    burst = Burst(1)
+    burst.append(bytes(pkt), port_in=dp.port_names.index(port))
+    dp.pipeline.process(burst, now_ns=1_000_000_000)
+    return trace_record(burst, 0, 0, dp.port_names), Ether(burst.frame(0))
+
+
+def test_unresolved_next_hop_is_solicited_then_used():
+    dp = node()
+    pkt = Ether(dst=UPLINK) / IP(src="192.168.0.50", dst="10.244.0.10") / UDP(dport=53)
+    rec, frame = send(dp, pkt, "eth0")
+    assert (rec["verdict"], rec["reason"], rec["port"]) == ("forward", "no_neighbor", "pod1")
+    assert frame[ARP].op == 1 and frame[ARP].pdst == "10.244.0.10"
+    assert frame[ARP].psrc == "10.244.0.1" and frame.dst == "ff:ff:ff:ff:ff:ff"
+    reply = Ether(src=POD_MAC, dst=PODS) / ARP(op=2, hwsrc=POD_MAC, psrc="10.244.0.10",
+                                               hwdst=PODS, pdst="10.244.0.1")
+    assert send(dp, reply, "pod1")[0]["verdict"] == "local"   # consumed by the dataplane
+    rec, frame = send(dp, pkt, "eth0")
+    assert (rec["verdict"], rec["port"]) == ("forward", "pod1")
+    assert (frame.dst, frame.src) == (POD_MAC, PODS)
+
+
+def test_gateway_arp_is_answered_and_the_asker_learned():
+    dp = node()
+    ask = Ether(src=POD_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(hwsrc=POD_MAC, psrc="10.244.0.10",
+                                                          pdst="10.244.0.1")
+    rec, frame = send(dp, ask, "pod1")
+    assert (rec["verdict"], rec["port"]) == ("forward", "pod1")
+    assert frame[ARP].op == 2 and frame[ARP].hwsrc == PODS and frame.dst == POD_MAC
+    # The pod's MAC is known now: traffic to it goes straight out.
+    rec, frame = send(dp, Ether(dst=UPLINK) / IP(src="192.168.0.50", dst="10.244.0.10") / UDP(),
+                      "eth0")
+    assert rec["reason"] is None and frame.dst == POD_MAC
+
+
+def test_packets_for_the_node_go_to_the_local_port():
+    dp = node()
+    rec, frame = send(dp, Ether(dst=UPLINK) / IP(src="192.168.0.50", dst="192.168.0.2") / ICMP(),
+                      "eth0")
+    assert (rec["verdict"], rec["port"]) == ("local", None)
+    assert (frame.dst, frame.src) == (KERNEL, HOST)
+    # The kernel's own ARP on the tap is answered by proxy.
+    rec, frame = send(dp, Ether(src=KERNEL, dst="ff:ff:ff:ff:ff:ff") / ARP(
+        hwsrc=KERNEL, psrc="192.168.0.2", pdst="192.168.0.1"), "host")
+    assert rec["verdict"] == "forward" and frame[ARP].hwsrc == HOST
+
+
+def test_foreign_arp_is_dropped_in_live_mode():
+    dp = node()
+    rec, _ = send(dp, Ether(src="02:00:00:00:00:77", dst="ff:ff:ff:ff:ff:ff") / ARP(
+        psrc="192.168.0.77", pdst="192.168.0.78"), "eth0")
+    assert (rec["verdict"], rec["reason"]) == ("drop", "not_ip")
