@@ -287,3 +287,33 @@ def test_open_port_from_config(veth_lab):
         p.close()
     with pytest.raises(ValueError):
         open_port(cfg, 2, workers=2)
+
+
+def test_gso_super_frames_are_oversize_not_crashes(port, veth_lab):
+    """A TCP stream from a peer with TSO on: its segments cross the veth as 64 KiB GSO frames."""
+    ip("ip", "addr", "add", f"{veth_lab.dut_ip}/24", "dev", veth_lab.dut_if, ns=veth_lab.dut)
+    with netns(veth_lab.dut):
+        lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with netns(veth_lab.peer):
+        csock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with lsock, csock:
+        lsock.bind((veth_lab.dut_ip, 5001))
+        lsock.listen()
+        csock.settimeout(5)
+        csock.connect((veth_lab.dut_ip, 5001))
+        conn, _ = lsock.accept()
+        with conn:
+            csock.sendall(bytes(256 * 1024))
+            conn.settimeout(5)
+            received = 0
+            while received < 256 * 1024:
+                received += len(conn.recv(1 << 20))
+        burst = Burst(256)
+        metas = []
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and not any(m["flags"] & 0x0100 for m in metas):
+            metas += [burst.meta(i) for i in range(port.rx(burst, 0))]
+            time.sleep(0.01)
+    big = [m for m in metas if m["flags"] & 0x0100]
+    assert big and all(m["len"] == 0 for m in big)
+    assert port.stats()["oversize"] >= len(big)
