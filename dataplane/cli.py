@@ -8,6 +8,8 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+from dataplane.lab.cli import register as register_lab
+
 __all__ = ["main"]
 
 
@@ -60,6 +62,23 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print the summary as JSON")
     c.set_defaults(func=_cmd_check)
 
+    run = sub.add_parser("run", help="forward live traffic on the configured ports",
+                         description="Attach to the ports CONFIG names (AF_PACKET on existing "
+                                     "interfaces, TAP devices created or attached by name) and "
+                                     "forward until SIGINT/SIGTERM, then print the counters. "
+                                     "Kubernetes objects in CONFIG are re-applied when its files "
+                                     "change.")
+    run.add_argument("--config", required=True, type=Path, metavar="CONFIG",
+                     help="YAML/JSON file or directory of configuration objects")
+    run.add_argument("--json", action="store_true", help="print the exit counters as JSON")
+    run.add_argument("--stats-file", type=Path, metavar="FILE",
+                     help="rewrite FILE with the counters as JSON every second")
+    run.add_argument("--burst-size", type=int, default=256, metavar="N",
+                     help="frames per burst (default: 256)")
+    run.set_defaults(func=_cmd_run)
+
+    register_lab(sub)
+
     d = sub.add_parser("demo", help="replay the built-in example capture and show the counters",
                        description="Replay the example capture shipped with the package through "
                                    "the pipeline with the example configuration, print the "
@@ -97,6 +116,26 @@ def _cmd_replay(args) -> int:
     if result.error:
         print(f"dataplane replay: {result.error}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from dataplane.worker import Worker, install_signal_handlers
+    _load_node(args.config)  # configuration errors are reported before any port is touched
+    try:
+        worker = Worker(args.config, args.burst_size, args.stats_file)
+    except OSError as exc:
+        raise CliError(f"cannot open ports: {exc}") from None
+    install_signal_handlers(worker)
+    try:
+        worker.run()
+        summary = worker.counters()
+    finally:
+        worker.close()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        _print_tree(summary)
     return 0
 
 
