@@ -166,6 +166,24 @@ def _process(state: dict, key: str) -> str:
     return f"{pid} {'running' if alive(pid) else 'DEAD'}"
 
 
+def _stats(node: dict) -> list[tuple[str, int]]:
+    """Non-zero numbers of the dataplane's --stats-file, flattened to dotted keys."""
+    try:
+        data = json.loads(Path(node["stats"]).read_text())
+    except (KeyError, OSError, ValueError):
+        return []
+    out: list[tuple[str, int]] = []
+
+    def walk(value, key: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and value:
+            out.append((key, value))
+    walk(data, "")
+    return out
+
+
 def print_status(state: dict) -> None:
     kernel = state["dataplane"] == "kernel"
     print(f"lab {state['name']}: dataplane {state['dataplane']}, overlay {state['overlay']}, "
@@ -183,6 +201,13 @@ def print_status(state: dict) -> None:
                  s["clusterIP"], ",".join(f"{p['port']}{':' + str(p['nodePort']) if p['nodePort'] else ''}"
                                           f"/{p['protocol']}" for p in s["ports"]),
                  ",".join(s["endpoints"]) or "(none)") for s in state["services"]])
+    for n in state["nodes"]:
+        counters = _stats(n)
+        if counters:
+            print(f"{n['name']} counters ({n['stats']}):")
+            for key, value in counters:
+                print(f"  {key:<40}{value:>14,}")
+            print()
     _table(("OTHER", "NETNS", "IP"),
            [("external client", state["external"]["netns"], state["external"]["ip"]),
             ("outside world", state["outside"]["netns"],

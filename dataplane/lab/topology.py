@@ -163,7 +163,9 @@ def _build(spec: LabSpec, services) -> dict:
     for k, cidr in enumerate(cidrs, start=1):
         node = {"name": f"node-{k}", "netns": f"{pre}node-{k}", "ip": str(ipam.node_ip(k)),
                 "podCIDR": str(cidr), "podGateway": str(ipam.pod_gateway(cidr)),
-                "configDir": str(root / f"node-{k}" / "config"), "log": str(root / f"node-{k}" / "dataplane.log")}
+                "configDir": str(root / f"node-{k}" / "config"), "log": str(root / f"node-{k}" / "dataplane.log"),
+                # Outside configDir: the dataplane re-reads every *.json there.
+                "stats": str(root / f"node-{k}" / "stats.json")}
         state["nodes"].append(node)
         for i in range(1, spec.pods_per_node + 1):
             state["pods"].append({"name": f"pod-{k}-{i}", "namespace": "default", "netns": f"{pre}pod-{k}-{i}",
@@ -340,8 +342,8 @@ def _ours(pid: int, lab: str) -> bool:
 
 
 def _start_dataplane(lab: str, node: dict) -> int:
-    return start_process(lab, node["netns"],
-                         _python() + ["-m", "dataplane.cli", "run", "--config", node["configDir"]], Path(node["log"]))
+    argv = _python() + ["-m", "dataplane.cli", "run", "--config", node["configDir"], "--stats-file", node["stats"]]
+    return start_process(lab, node["netns"], argv, Path(node["log"]))
 
 
 def _check_started(state: dict) -> None:
