@@ -59,8 +59,12 @@ NEW_SRC = int(ipaddress.IPv4Address("10.1.1.0"))     # measured new flows: 10.1.
 
 
 DST_DROP = """table netdev dpb {
+  counter to_target { }
+  counter to_vip { }
   chain ingress {
     type filter hook ingress device "d0" priority 0; policy accept;
+    meta protocol ip udp dport 8080 counter name to_target
+    meta protocol ip udp dport 80 counter name to_vip
     meta protocol ip drop
   }
 }
@@ -132,6 +136,12 @@ class Triangle:
         """Frames handed to dst so far (d0 rx = r1 tx on a veth)."""
         info = json.loads(ip(self.dst, "-s", "-j", "link", "show", "dev", "d0").stdout)
         return int(info[0]["stats64"]["rx"]["packets"])
+
+    def dst_counters(self) -> dict:
+        """Frames dst received by UDP port: `to_target` 8080 (translated by a Service DNAT),
+        `to_vip` 80 (reached dst untranslated)."""
+        out = json.loads(run(exec_argv(self.dst, ["nft", "-j", "list", "counters"])).stdout)
+        return {o["counter"]["name"]: o["counter"]["packets"] for o in out["nftables"] if "counter" in o}
 
     def router_drops(self) -> dict:
         out = {}
@@ -249,6 +259,7 @@ class GenResult:
     sent: int
     seconds: float
     delivered: int
+    translated: int = 0    # of those, to an endpoint's targetPort (Service DNAT done)
 
     @property
     def rate(self) -> float:
@@ -267,7 +278,7 @@ def traffic(tri: Triangle, mode: str, dst_ip: str, dport: int, seconds: float, s
             settle: float = 0.3) -> GenResult:
     """Run the generator in src for `seconds` (it stops by itself; killed after seconds + 20)
     and count what dst received meanwhile (plus `settle` for frames still in rings)."""
-    before = tri.delivered()
+    before, before_nat = tri.delivered(), tri.dst_counters()["to_target"]
     argv = exec_argv(tri.src, [sys.executable, str(Path(__file__).resolve()), "gen", "--ifname", "s0",
                                "--dst-mac", tri.macs["r0"], "--mode", mode, "--dst", dst_ip,
                                "--dport", str(dport), "--seconds", str(seconds), "--src", str(src_base),
@@ -278,7 +289,8 @@ def traffic(tri: Triangle, mode: str, dst_ip: str, dport: int, seconds: float, s
         raise RuntimeError(f"generator failed: {cp.stderr.strip()[-2000:]}")
     time.sleep(settle)
     got = json.loads(cp.stdout.strip().splitlines()[-1])
-    return GenResult(got["offered"], got["sent"], got["seconds"], tri.delivered() - before)
+    return GenResult(got["offered"], got["sent"], got["seconds"], tri.delivered() - before,
+                     tri.dst_counters()["to_target"] - before_nat)
 
 
 # ---------------------------------------------------------------------------------------------
