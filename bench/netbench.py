@@ -208,7 +208,7 @@ def generate(ifname: str, dst_mac: str, mode: str, dst_ip: str, dport: int, seco
     if mode == "fwd":
         frames = udp_frames(dst_mac, src_mac, src_base, dst, 10_000 + np.arange(BURST) % FWD_FLOWS, dport)
         burst.load_array(frames)
-        burst.verdicts[:] = fwd
+        burst.send_all(0, fwd)
         started = time.perf_counter()
         deadline = started + seconds
         while time.perf_counter() < deadline:
@@ -224,7 +224,7 @@ def generate(ifname: str, dst_mac: str, mode: str, dst_ip: str, dport: int, seco
         while time.perf_counter() < deadline:
             for start in range(0, NEW_SPORTS, BURST):
                 burst.load_array(arr, start)
-                burst.verdicts[:] = fwd
+                burst.send_all(0, fwd)
                 sent += port.tx(burst, 0, 1 << fwd)
                 offered += len(burst)
                 if start % (16 * BURST) == 0 and time.perf_counter() >= deadline:

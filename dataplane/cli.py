@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -75,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="rewrite FILE with the counters as JSON every second")
     run.add_argument("--burst-size", type=int, default=256, metavar="N",
                      help="frames per burst (default: 256)")
+    run.add_argument("--trace", type=Path, metavar="TRACE.jsonl",
+                     help="write one JSON object per packet (slow: for debugging)")
     run.set_defaults(func=_cmd_run)
 
     register_lab(sub)
@@ -121,17 +124,21 @@ def _cmd_replay(args) -> int:
 
 def _cmd_run(args) -> int:
     from dataplane.worker import Worker, install_signal_handlers
-    _load_node(args.config)  # configuration errors are reported before any port is touched
-    try:
-        worker = Worker(args.config, args.burst_size, args.stats_file)
-    except OSError as exc:
-        raise CliError(f"cannot open ports: {exc}") from None
-    install_signal_handlers(worker)
-    try:
+    from dataplane.trace import TraceWriter
+    config = _load_node(args.config)  # errors are reported before any port is touched
+    with contextlib.ExitStack() as stack:
+        trace = None
+        if args.trace is not None:
+            trace = TraceWriter(stack.enter_context(open(args.trace, "w", buffering=1)),
+                                [p.name for p in config.dataplane.ports])
+        try:
+            worker = Worker(args.config, args.burst_size, args.stats_file, trace)
+        except OSError as exc:
+            raise CliError(f"cannot open ports: {exc}") from None
+        stack.callback(worker.close)
+        install_signal_handlers(worker)
         worker.run()
         summary = worker.counters()
-    finally:
-        worker.close()
     if args.json:
         print(json.dumps(summary))
     else:

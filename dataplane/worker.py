@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import select
 import signal
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from dataplane.burst import COUNTERS, DROP_REASONS, VERDICT, Burst
 from dataplane.config import ConfigError, load
 from dataplane.io import open_port
 from dataplane.tables import NodeDataplane
+from dataplane.trace import TraceWriter
 
 __all__ = ["Worker", "RunStats"]
 
@@ -38,9 +40,11 @@ class RunStats:
 
 
 class Worker:
-    def __init__(self, config_path: Path, burst_size: int = 256, stats_file: Path | None = None):
+    def __init__(self, config_path: Path, burst_size: int = 256, stats_file: Path | None = None,
+                 trace: TraceWriter | None = None):
         self.config_path = Path(config_path)
         self.stats_file = stats_file
+        self.trace = trace
         config = load(self.config_path)
         self.node = NodeDataplane(config, live=True)
         dp = config.dataplane
@@ -52,12 +56,16 @@ class Worker:
             self.close()
             raise
         self.node.attach_ports(self.ports)
+        self.claimed = claim_interfaces(dp) if dp.local_port is not None else None
         self.burst = Burst(burst_size)
         self.stats = RunStats()
         self._mtime = self._config_mtime()
         self.stop = threading.Event()
 
     def close(self):
+        if getattr(self, "claimed", None):
+            release_interfaces(self.claimed)
+            self.claimed = None
         for port in self.ports:
             port.close()
         self.ports = []
@@ -89,6 +97,8 @@ class Worker:
             if n == 0:
                 return
             pipeline.process(burst, time.time_ns())
+            if self.trace is not None:
+                self.trace.write(burst)
             for out_index, out in enumerate(self.ports):
                 out.tx(burst, out_index, TX_MASK)
             self.stats.bursts += 1
@@ -132,6 +142,35 @@ class Worker:
                       for i, p in enumerate(self.node.dp.ports)} if self.ports else {},
             "conntrack": len(self.node.conntrack),
         }
+
+
+NFT_TABLE = "dataplane"
+
+
+def claim_interfaces(dp) -> str:
+    """With a local port, the node's stack is reached through the tap only: an nftables ingress
+    drop on every AF_PACKET interface keeps the kernel from also answering their traffic (a
+    kernel owning the node IP would reset NodePort and SNAT-reply TCP segments, as Linux accepts
+    local addresses on any interface). AF_PACKET taps run before the ingress hook, so the
+    dataplane still sees every frame."""
+    chains = "".join(
+        f'  chain in_{i} {{ type filter hook ingress device "{p.ifname or p.name}" priority -500;'
+        f' policy drop; }}\n'
+        for i, p in enumerate(dp.ports) if p.type == "afpacket")
+    script = f"table netdev {NFT_TABLE} {{\n{chains}}}\n"
+    try:
+        subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True,
+                       capture_output=True)
+    except FileNotFoundError:
+        raise OSError("nft (nftables) is needed to keep the kernel off the dataplane's "
+                      "interfaces when localPort is set") from None
+    except subprocess.CalledProcessError as exc:
+        raise OSError(f"nft: {exc.stderr.strip()}") from None
+    return NFT_TABLE
+
+
+def release_interfaces(table: str) -> None:
+    subprocess.run(["nft", "delete", "table", "netdev", table], capture_output=True)
 
 
 def install_signal_handlers(worker: Worker) -> None:

@@ -12,7 +12,7 @@ cimport numpy as cnp
 import numpy as np
 
 from dataplane.includes.pkt cimport (
-    BURST_SIZE, SLOT_HEADROOM, SLOT_SIZE, V_PENDING, DROP_NONE, pkt_meta, pkt_tuple, pkt_data,
+    BURST_SIZE, SLOT_HEADROOM, SLOT_SIZE, V_PENDING, V_FORWARD, DROP_NONE, pkt_meta, pkt_tuple, pkt_data,
     drop_reason_strings, counter_strings, DROP_N_REASONS, CNT_N_COUNTERS, pkt_reset,
 )
 
@@ -130,6 +130,14 @@ cdef class Burst:
                 memcpy(&out[start + i, 0], pkt_data(&self.b, <uint32_t>i), length)
                 memset(&out[start + i, length], 0, width - length)
         return n
+
+    def send_all(self, unsigned int port_out, unsigned int verdict=V_FORWARD):
+        """Mark every frame for transmission on port_out (traffic generators, tests): a fresh
+        frame goes nowhere until a stage picks its egress port."""
+        cdef uint32_t i
+        for i in range(self.b.n):
+            self.b.meta[i].port_out = <uint16_t>port_out
+            self.b.verdict[i] = <uint8_t>verdict
 
     def frame(self, uint32_t i):
         """The frame at index i as it is now (after any rewrite)."""

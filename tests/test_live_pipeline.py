@@ -37,11 +37,18 @@ def node():
     return dp
 
 
+PORT_NONE = 0xFFFF
+
+
 def send(dp, pkt, port):
     burst = Burst(1)
     burst.append(bytes(pkt), port_in=dp.port_names.index(port))
     dp.pipeline.process(burst, now_ns=1_000_000_000)
-    return trace_record(burst, 0, 0, dp.port_names), Ether(burst.frame(0))
+    rec = trace_record(burst, 0, 0, dp.port_names)
+    if rec["verdict"] == "drop" or rec["verdict"] == "local" and rec["out"] is None:
+        # Consumed here: no port may send it (a frame re-sent unchanged poisons L2 learning).
+        assert burst.meta(0)["port_out"] == PORT_NONE
+    return rec, Ether(burst.frame(0))
 
 
 def test_unresolved_next_hop_is_solicited_then_used():

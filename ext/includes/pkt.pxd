@@ -20,6 +20,7 @@ cdef extern from "reasons.h" nogil:
     const char *const counter_strings[]
 
 cdef enum:
+    PORT_NONE = 0xFFFF         # meta.port_out until a stage picks an egress port
     BURST_SIZE = 256           # default frames per burst (VPP frame size)
     SLOT_HEADROOM = 128        # room in front of each frame for encapsulation / pushed tags
     SLOT_SIZE = 2048 + 128     # bytes per slot: headroom + largest frame (1518 + tags, rounded)
@@ -81,7 +82,7 @@ ctypedef struct pkt_meta:
     uint16_t data_off        # frame start within its slot
     uint16_t len             # frame length in bytes
     uint16_t port_in         # ingress port index
-    uint16_t port_out        # egress port index, set by the route stage
+    uint16_t port_out        # egress port index; PORT_NONE until a stage chooses one
     uint16_t l3_off          # network header offset from frame start
     uint16_t l4_off          # transport header offset; 0 when there is none
     uint16_t l3_len          # IPv4 total length / IPv6 40 + payload length
@@ -128,6 +129,7 @@ cdef inline void pkt_reset(burst_t *b, uint32_t i, uint16_t length, uint16_t por
     b.meta[i].data_off = SLOT_HEADROOM
     b.meta[i].len = length
     b.meta[i].port_in = port_in
+    b.meta[i].port_out = PORT_NONE  # nothing leaves a port unless a stage sends it there
     b.meta[i].nexthop = -1
     b.verdict[i] = V_PENDING
     b.reason[i] = DROP_NONE

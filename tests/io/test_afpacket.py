@@ -95,7 +95,7 @@ def test_tx_reaches_peer_and_is_not_received_back(port, veth_lab):
     frames = [test_frame(veth_lab.dut_mac, veth_lab.peer_mac, 1000 + i, 64 + i) for i in range(20)]
     burst = Burst(32)
     burst.extend(frames)
-    burst.verdicts[:] = VERDICT["forward"]
+    burst.send_all(0)
     burst.verdicts[3] = VERDICT["drop"]              # not in the mask: stays home
     burst.verdicts[4] = VERDICT["reject"]            # in the mask below
     with veth_lab.peer_socket() as s:
@@ -121,7 +121,7 @@ def test_tx_longer_than_mtu_is_an_error_not_a_send(port, veth_lab):
     tagged = test_frame(veth_lab.dut_mac, veth_lab.peer_mac, 3, 1518)
     burst.append(tagged[:12] + b"\x81\x00\x00\x05" + tagged[12:-4])           # 1500 + 18: fine
     burst.append(b"\x00" * 10)                                                # not even Ethernet
-    burst.verdicts[:] = VERDICT["forward"]
+    burst.send_all(0)
     assert port.tx(burst, 0, FORWARD) == 2
     st = port.stats()
     assert st["tx"] == 2 and st["tx_errors"] == 2

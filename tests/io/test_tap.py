@@ -25,7 +25,7 @@ FORWARD = 1 << VERDICT["forward"]
 def send(port, *frames):
     burst = Burst(len(frames))
     burst.extend(bytes(f) for f in frames)
-    burst.verdicts[:] = VERDICT["forward"]
+    burst.send_all(0)
     return port.tx(burst, 0, FORWARD)
 
 
@@ -97,7 +97,7 @@ def test_frames_longer_than_mtu_are_tx_errors(tap):
     burst.append(frame + bytes(1500))         # MTU + 14: accepted
     burst.append(frame + bytes(1501))
     burst.append(b"\x01\x02")                 # not even an Ethernet header
-    burst.verdicts[:] = VERDICT["forward"]
+    burst.send_all(0)
     burst.verdicts[0] = VERDICT["drop"]       # only the bad ones are eligible
     assert tap.tx(burst, 0, FORWARD) == 0
     assert tap.stats()["tx_errors"] == 2
