@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Quick start, step 1: installs everything the project needs into .venv (Debian packages when
-# run as root on Debian, the Python dependencies, the Cython build), then runs the demo.
-# Idempotent: re-running rebuilds only what changed. `./install.sh --no-demo` skips the demo.
+# run as root on Debian, the Python dependencies, the Cython build), then runs the main job: a
+# two-node lab cluster in network namespaces with our dataplane on every node, real traffic
+# between pods, Services and the outside, a table of what happened, then teardown. Without root
+# (no namespaces) it replays the packaged capture instead. Idempotent: re-running rebuilds only
+# what changed. `./install.sh --no-demo` skips the demo.
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
@@ -36,5 +39,9 @@ fi
 echo "install: done (.venv/bin/dataplane)"
 
 if [ "${1:-}" != "--no-demo" ]; then
-    .venv/bin/dataplane demo
+    if [ "$(id -u)" = 0 ] && ip netns list >/dev/null 2>&1; then
+        .venv/bin/dataplane lab demo
+    else
+        .venv/bin/dataplane demo
+    fi
 fi

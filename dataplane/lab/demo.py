@@ -10,6 +10,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,6 +170,34 @@ def print_rows(rows: list[Row], out=sys.stdout) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[3], file=out)
 
 
+COUNTER_COLUMNS = ("rx", "routed", "local", "ct_new", "dnat", "snat", "reject", "neigh_reply",
+                   "neigh_solicit")
+
+
+def node_counters(state) -> dict[str, dict]:
+    """Each running dataplane's counters, from the stats file it rewrites every second."""
+    found = {}
+    for node in state["nodes"]:
+        try:
+            found[node["name"]] = json.loads(Path(node["stats"]).read_text())
+        except (OSError, ValueError, KeyError):
+            continue
+    return found
+
+
+def print_counters(stats: dict[str, dict], out) -> None:
+    headers = ("node",) + COUNTER_COLUMNS + ("drops",)
+    table = [headers]
+    for name, st in stats.items():
+        c = st.get("counters", {})
+        drops = ", ".join(f"{k}:{v}" for k, v in sorted(st.get("drops", {}).items(),
+                                                        key=lambda kv: -kv[1])[:3])
+        table.append((name,) + tuple(str(c.get(k, 0)) for k in COUNTER_COLUMNS) + (drops or "-",))
+    widths = [max(len(r[i]) for r in table) for i in range(len(headers))]
+    for r in table:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)
+
+
 def demo(spec: LabSpec, requests: int = 20, keep: bool = False, as_json: bool = False) -> int:
     """Up, traffic, table, counters, down (also on Ctrl-C, SIGTERM or failure). 0 if every row
     that ran passed, 1 otherwise."""
@@ -178,6 +207,7 @@ def demo(spec: LabSpec, requests: int = 20, keep: bool = False, as_json: bool = 
     out = sys.stderr if as_json else sys.stdout
     rows: list[Row] = []
     outputs: dict[str, str] = {}
+    stats: dict[str, dict] = {}
     try:
         print(f"lab {spec.name}: {spec.nodes} nodes x {spec.pods_per_node} pods, dataplane {spec.dataplane}",
               file=out, flush=True)
@@ -185,6 +215,8 @@ def demo(spec: LabSpec, requests: int = 20, keep: bool = False, as_json: bool = 
         start_servers(state)
         rows = run_flows(state, flows(state, requests))
         print_rows(rows, out)
+        time.sleep(1.2)  # one stats-file period, so the counters include the last flows
+        stats = node_counters(state)
     finally:
         if keep:
             print(f"\nlab {spec.name} kept: `dataplane lab status --name {spec.name}`, "
@@ -192,15 +224,14 @@ def demo(spec: LabSpec, requests: int = 20, keep: bool = False, as_json: bool = 
         else:
             outputs = down(spec.name)
         signal.signal(signal.SIGTERM, previous)
-    if not keep:
-        print("\ndataplane output at exit (counters), per node:", file=out)
-        for node, text in outputs.items():
-            print(f"--- {node}", file=out)
-            print("\n".join(text.splitlines()[-25:]) or "(no output)", file=out)
-        if not outputs:
-            print("(kernel mode: no dataplane processes)", file=out)
+    print("\ndataplane counters per node:", file=out)
+    if stats:
+        print_counters(stats, out)
+    else:
+        print("(kernel mode: no dataplane processes)", file=out)
     if as_json:
-        print(json.dumps({"rows": [r.__dict__ for r in rows], "dataplaneOutput": outputs}))
+        print(json.dumps({"rows": [r.__dict__ for r in rows], "counters": stats,
+                          "dataplaneOutput": outputs}))
     failed = [r for r in rows if r.result == "FAIL"]
     print(f"\n{len(rows) - len(failed)}/{len(rows)} rows passed or skipped" + (
         f"; FAILED: {', '.join(r.title for r in failed)}" if failed else ""), file=out)
