@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="frames per burst (default: 256)")
     run.add_argument("--trace", type=Path, metavar="TRACE.jsonl",
                      help="write one JSON object per packet (slow: for debugging)")
+    run.add_argument("--conntrack-file", type=Path, metavar="FILE",
+                     help="reload the conntrack table from FILE at start and save it there at "
+                          "exit, so connections survive a restart")
     run.set_defaults(func=_cmd_run)
 
     register_lab(sub)
@@ -132,12 +135,14 @@ def _cmd_run(args) -> int:
             trace = TraceWriter(stack.enter_context(open(args.trace, "w", buffering=1)),
                                 [p.name for p in config.dataplane.ports])
         try:
-            worker = Worker(args.config, args.burst_size, args.stats_file, trace)
+            worker = Worker(args.config, args.burst_size, args.stats_file, trace,
+                            args.conntrack_file)
         except OSError as exc:
             raise CliError(f"cannot open ports: {exc}") from None
         stack.callback(worker.close)
         install_signal_handlers(worker)
         worker.run()
+        worker.save_conntrack()
         summary = worker.counters()
     if args.json:
         print(json.dumps(summary))

@@ -41,12 +41,14 @@ class RunStats:
 
 class Worker:
     def __init__(self, config_path: Path, burst_size: int = 256, stats_file: Path | None = None,
-                 trace: TraceWriter | None = None):
+                 trace: TraceWriter | None = None, conntrack_file: Path | None = None):
         self.config_path = Path(config_path)
         self.stats_file = stats_file
         self.trace = trace
+        self.conntrack_file = conntrack_file
         config = load(self.config_path)
         self.node = NodeDataplane(config, live=True)
+        self.restored = self._restore_conntrack()
         dp = config.dataplane
         self.ports = []
         try:
@@ -61,6 +63,19 @@ class Worker:
         self.stats = RunStats()
         self._mtime = self._config_mtime()
         self.stop = threading.Event()
+
+    def _restore_conntrack(self) -> int:
+        """Connections tracked by a previous run carry on (a missing or foreign file: none)."""
+        if self.conntrack_file is None or not self.conntrack_file.exists():
+            return 0
+        try:
+            return self.node.conntrack.restore(str(self.conntrack_file), time.time_ns())
+        except ValueError:
+            return 0
+
+    def save_conntrack(self) -> None:
+        if self.conntrack_file is not None:
+            self.node.conntrack.save(str(self.conntrack_file))
 
     def close(self):
         if getattr(self, "claimed", None):
@@ -140,7 +155,7 @@ class Worker:
             "drops": {k: int(v) for k, v in zip(DROP_REASONS, pipeline.drops) if k != "none" and v},
             "ports": {p.name: {**self.ports[i].stats(), "tx_pipeline": int(pipeline.port_tx[i])}
                       for i, p in enumerate(self.node.dp.ports)} if self.ports else {},
-            "conntrack": len(self.node.conntrack),
+            "conntrack": len(self.node.conntrack), "conntrack_restored": self.restored,
         }
 
 

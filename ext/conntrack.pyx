@@ -37,6 +37,9 @@ from libc.string cimport memset, memcpy
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int8_t, int64_t
 cimport numpy as cnp
 import ipaddress
+import os
+import struct
+
 import numpy as np
 
 from dataplane.includes.pkt cimport (
@@ -223,6 +226,9 @@ cdef inline uint8_t _tcp_class(uint8_t f) noexcept nogil:
     if f & TCP_ACK:
         return TCP_ACK_SET
     return TCP_NONE_SET
+
+
+_STATE_MAGIC = b"DPCTSTATE1"
 
 
 cdef class Conntrack:
@@ -671,6 +677,57 @@ cdef class Conntrack:
         _fill_tuple(&t, {"src": backend_ip, "dst": backend_ip, "sport": port, "dport": 0,
                          "proto": proto})
         return self._flush(t.saddr, t.family, t.sport, t.proto)
+
+    def save(self, path):
+        """Write the live entries to `path` (atomically), so a restarted dataplane can reload
+        them and established connections survive the restart. Returns how many were written."""
+        cdef uint32_t i, n = 0
+        tmp = f"{path}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(_STATE_MAGIC + struct.pack("<I", sizeof(ct_entry)))
+            for i in range(self.hwm):
+                if self.ent[i].state != CT_STATE_FREE and self.ent[i].expires_ns > self.now_ns:
+                    f.write((<char *>&self.ent[i])[:sizeof(ct_entry)])
+                    n += 1
+        os.replace(tmp, path)
+        return n
+
+    def restore(self, path, uint64_t now_ns):
+        """Load entries written by save(); entries expired by now_ns are skipped, and so are
+        those that no longer fit or clash with entries already here. Returns how many were
+        loaded. A file of another format or layout is a ValueError; nothing is loaded then."""
+        cdef const uint8_t[::1] data
+        cdef const ct_entry *rec
+        cdef ct_entry *e
+        cdef int64_t idx
+        cdef size_t off, hdr = len(_STATE_MAGIC) + 4
+        cdef uint32_t n = 0
+        with open(path, "rb") as f:
+            raw = f.read()
+        if raw[:len(_STATE_MAGIC)] != _STATE_MAGIC or len(raw) < hdr or \
+                struct.unpack_from("<I", raw, len(_STATE_MAGIC))[0] != sizeof(ct_entry) or \
+                (len(raw) - hdr) % sizeof(ct_entry):
+            raise ValueError(f"{path}: not a conntrack state file of this build")
+        data = raw
+        off = hdr
+        while off < <size_t>len(raw):
+            rec = <const ct_entry *>&data[off]
+            off += sizeof(ct_entry)
+            if rec.expires_ns <= now_ns or rec.state == CT_STATE_FREE:
+                continue
+            idx = self.ct_create(&rec.orig, tuple_hash(&rec.orig), &rec.reply, now_ns,
+                                 rec.svc_id, rec.backend_id, rec.flags)
+            if idx < 0:
+                continue
+            e = &self.ent[idx]
+            e.state = rec.state
+            e.flags = rec.flags
+            e.tcp_last = rec.tcp_last
+            e.expires_ns = rec.expires_ns
+            e.bytes[0], e.bytes[1] = rec.bytes[0], rec.bytes[1]
+            e.packets[0], e.packets[1] = rec.packets[0], rec.packets[1]
+            n += 1
+        return n
 
     def flush_all(self):
         """Delete every entry; returns how many there were."""

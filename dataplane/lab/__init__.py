@@ -7,6 +7,6 @@
 See topology.py for the layout and ipam.py for the address plan; `dataplane lab --help`.
 """
 from .netns import LabError
-from .topology import LabSpec, apply, down, load_state, up
+from .topology import LabSpec, apply, down, load_state, restart, up
 
-__all__ = ["LabError", "LabSpec", "apply", "down", "load_state", "up"]
+__all__ = ["LabError", "LabSpec", "apply", "down", "load_state", "restart", "up"]

@@ -67,6 +67,14 @@ def register(subparsers) -> None:
     a.add_argument("file", type=Path, metavar="FILE")
     a.set_defaults(func=_cmd_apply)
 
+    r = sub.add_parser("restart", help="restart one node's dataplane (connections survive)",
+                       description="Stop NODE's dataplane (SIGTERM: it saves its conntrack table) and "
+                                   "start it again on the same configuration; it reloads the table, so "
+                                   "established connections carry on.")
+    named(r)
+    r.add_argument("node", metavar="NODE", help="node name, e.g. node-1")
+    r.set_defaults(func=_cmd_restart)
+
     m = sub.add_parser("demo", help="up, real TCP/UDP flows through the lab as a table, counters, down",
                        description="Bring a lab up, run a server in every pod and in the outside world, "
                                    "send pod->pod, pod->ClusterIP, client->NodePort (Cluster, Local), "
@@ -91,6 +99,13 @@ def _guard(fn):
             print(f"dataplane lab {args.lab_command}: interrupted", file=sys.stderr)
             return 130
     return run
+
+
+@_guard
+def _cmd_restart(args) -> int:
+    from .topology import restart
+    print(f"lab {args.name}: {args.node} dataplane restarted (pid {restart(args.name, args.node)})")
+    return 0
 
 
 def _spec(args, services=None):

@@ -26,7 +26,8 @@ from . import ipam
 from .netns import (LabError, add_netns, alive, delete_netns, exec_argv, ip, kill_pids, link_mac, list_netns,
                     netns_pids, no_offloads, run, sysctl)
 
-__all__ = ["LabSpec", "STATE_ROOT", "DEFAULT_SERVICES", "up", "down", "load_state", "apply", "start_process",
+__all__ = ["LabSpec", "STATE_ROOT", "DEFAULT_SERVICES", "up", "down", "load_state", "apply", "restart",
+           "start_process",
            "dataplane_run_available"]
 
 STATE_ROOT = Path(os.environ.get("DATAPLANE_LAB_STATE", "/run/dataplane-lab"))
@@ -342,8 +343,30 @@ def _ours(pid: int, lab: str) -> bool:
 
 
 def _start_dataplane(lab: str, node: dict) -> int:
-    argv = _python() + ["-m", "dataplane.cli", "run", "--config", node["configDir"], "--stats-file", node["stats"]]
+    # The conntrack file lives next to the node's config: a restarted dataplane reloads it.
+    conntrack = Path(node["configDir"]).parent / "conntrack.state"
+    argv = _python() + ["-m", "dataplane.cli", "run", "--config", node["configDir"], "--stats-file", node["stats"],
+                        "--conntrack-file", str(conntrack)]
     return start_process(lab, node["netns"], argv, Path(node["log"]))
+
+
+def restart(name: str, node_name: str) -> int:
+    """Restart one node's dataplane (SIGTERM, then start it again on the same configuration).
+    It saves its conntrack table on the way down and reloads it, so connections survive.
+    Returns the new pid."""
+    with _locked(name):
+        state = load_state(name)
+        if state["dataplane"] != "ours":
+            raise LabError(f"lab {name} forwards with the kernel: there is no dataplane to restart")
+        node = next((n for n in state["nodes"] if n["name"] == node_name), None)
+        if node is None:
+            raise LabError(f"lab {name} has no node {node_name!r} "
+                           f"(nodes: {', '.join(n['name'] for n in state['nodes'])})")
+        kill_pids([state["pids"][node_name]])
+        state["pids"][node_name] = _start_dataplane(name, node)
+        _save_state(state)
+        _check_started({"nodes": [node], "pids": state["pids"]})
+        return state["pids"][node_name]
 
 
 def _check_started(state: dict) -> None:

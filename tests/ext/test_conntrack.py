@@ -641,3 +641,28 @@ def test_randomized_against_dict_model(seed):
     s = t.stats()
     assert s["created"] == s["deleted"] + s["expired"] + len(t)
     assert s["full_drops"] > 0 and s["expired"] > 0 and s["collisions"] > 0   # load reached
+
+
+def test_save_and_restore_keep_established_connections(tmp_path):
+    """A restarted dataplane reloads its table: the connection is still ESTABLISHED, in both
+    directions, with its NAT tuples, flags and expiry; expired entries stay behind."""
+    t = ct.Conntrack(64)
+    i, orig, reply = new_tcp(t)
+    handshake(t, i)
+    before = t.entry(i)
+    j = t.create(*nat_flow(UDP, cport=5353), now_ns=T0)
+    assert t.update(j, ORIG, 0, 40, T0) == CT_ESTABLISHED
+    path = tmp_path / "ct.state"
+    assert t.save(path) == 2
+    fresh = ct.Conntrack(64)
+    udp_timeout = ct.DEFAULT_TIMEOUTS["udp"] * 1_000_000_000
+    assert fresh.restore(path, now_ns=T0 + udp_timeout + 10) == 1   # the UDP flow has expired
+    got = find(fresh, orig)
+    assert got is not None and got["state"] == "ESTABLISHED"
+    assert find(fresh, reply) is not None
+    after = fresh.entry(got["index"]) if "index" in got else got
+    for key in ("orig", "reply", "flags", "expires_ns"):
+        assert after[key] == before[key], key
+    (tmp_path / "bad").write_bytes(b"not a state file")
+    with pytest.raises(ValueError):
+        fresh.restore(tmp_path / "bad", now_ns=T0)
