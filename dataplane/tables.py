@@ -90,8 +90,10 @@ class NodeDataplane:
             non_masquerade_cidrs=dp.non_masquerade_cidrs)
         self.ctnat = CtNat(self.conntrack, self.proxier.lb)
         self.router = build_router(dp)
+        self._announced: set = set()
         if live:
             self.router.set_neighbours(build_neighbours(dp))
+            self._announce(config)
         self.pipeline = Pipeline(self.router, len(dp.ports), self.ctnat)
 
     def attach_ports(self, ports) -> None:
@@ -104,7 +106,23 @@ class NodeDataplane:
         """Load a new set of Services and EndpointSlices; the pipeline uses it from the next burst."""
         result = self.proxier.apply(config)
         self.ctnat.set_lb(self.proxier.lb)
+        self._announce(config)
         return result
+
+    def _announce(self, config) -> None:
+        """Answer ARP / NS for the Services' LoadBalancer and external IPs on the ports facing
+        the network (as MetalLB's layer-2 mode does), so clients on the link can reach them."""
+        neigh = self.router.neigh
+        if neigh is None:
+            return
+        wanted = {ip for svc in config.services for ip in (*svc.load_balancer_ips, *svc.external_ips)}
+        ports = [p for p in self.dp.ports if not p.proxy_arp and p.name != self.dp.local_port]
+        for port in ports:
+            for ip in self._announced - wanted - set(port.addresses):
+                neigh.remove_owned(port.index, ip)
+            for ip in wanted - self._announced:
+                neigh.add_owned(port.index, ip)
+        self._announced = wanted
 
     def sync(self):
         """Apply the changes recorded by the proxier's handlers (on_service, on_endpoint_slice)."""

@@ -27,6 +27,17 @@ routes:
 """
 
 
+SERVICES = """
+---
+apiVersion: v1
+kind: Service
+metadata: {name: lb, namespace: default}
+spec: {type: LoadBalancer, clusterIP: 10.96.0.30, externalIPs: [203.0.113.20],
+       ports: [{port: 443, nodePort: 30443}]}
+status: {loadBalancer: {ingress: [{ip: 203.0.113.10}]}}
+"""
+
+
 class FakeTap:
     kernel_mac = bytes.fromhex(KERNEL.replace(":", ""))
 
@@ -96,3 +107,20 @@ def test_foreign_arp_is_dropped_in_live_mode():
     rec, _ = send(dp, Ether(src="02:00:00:00:00:77", dst="ff:ff:ff:ff:ff:ff") / ARP(
         psrc="192.168.0.77", pdst="192.168.0.78"), "eth0")
     assert (rec["verdict"], rec["reason"]) == ("drop", "not_ip")
+
+
+def test_service_addresses_are_announced_and_withdrawn():
+    dp = node()
+    dp.apply(loads(CONFIG + SERVICES))
+    for ip in ("203.0.113.10", "203.0.113.20"):
+        rec, frame = send(dp, Ether(src="02:00:00:00:00:77", dst="ff:ff:ff:ff:ff:ff") / ARP(
+            hwsrc="02:00:00:00:00:77", psrc="192.168.0.77", pdst=ip), "eth0")
+        assert rec["verdict"] == "forward" and frame[ARP].op == 2 and frame[ARP].hwsrc == UPLINK
+    dp.apply(loads(CONFIG))
+    rec, _ = send(dp, Ether(src="02:00:00:00:00:77", dst="ff:ff:ff:ff:ff:ff") / ARP(
+        hwsrc="02:00:00:00:00:77", psrc="192.168.0.77", pdst="203.0.113.10"), "eth0")
+    assert rec["verdict"] == "drop"
+    # The port's own address stays answered.
+    rec, _ = send(dp, Ether(src="02:00:00:00:00:77", dst="ff:ff:ff:ff:ff:ff") / ARP(
+        hwsrc="02:00:00:00:00:77", psrc="192.168.0.77", pdst="192.168.0.2"), "eth0")
+    assert rec["verdict"] == "forward"
