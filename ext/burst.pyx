@@ -19,10 +19,21 @@ from dataplane.includes.pkt cimport (
 cnp.import_array()
 
 __all__ = ["Burst", "DROP_REASONS", "COUNTERS", "VERDICTS", "VERDICT", "BURST_SIZE",
-           "SLOT_HEADROOM"]
+           "SLOT_HEADROOM", "stage_counters"]
 
 DROP_REASONS = tuple(drop_reason_strings[i].decode() for i in range(<int>DROP_N_REASONS))
 COUNTERS = tuple(counter_strings[i].decode() for i in range(<int>CNT_N_COUNTERS))
+def stage_counters(counters=None):
+    """(counters, drops) uint64 arrays for a stage's test hook: fresh zeros, or the pair given
+    (checked), so calls can accumulate."""
+    if counters is None:
+        return np.zeros(<int>CNT_N_COUNTERS, np.uint64), np.zeros(<int>DROP_N_REASONS, np.uint64)
+    cnt, drops = counters
+    if cnt.shape != (CNT_N_COUNTERS,) or drops.shape != (DROP_N_REASONS,):
+        raise ValueError(f"need {CNT_N_COUNTERS} counters and {DROP_N_REASONS} drop slots")
+    return cnt, drops
+
+
 VERDICTS = ("pending", "forward", "local", "drop", "reject")   # verdict_t order (pkt.pxd)
 VERDICT = {name: value for value, name in enumerate(VERDICTS)}
 

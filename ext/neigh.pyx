@@ -31,17 +31,17 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memmove, memset, memcmp
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 import ipaddress
-import numpy as np
 
 from dataplane.includes.pkt cimport (
     burst_t, pkt_meta, pkt_data, pkt_drop, V_PENDING, V_FORWARD, V_LOCAL, L3_ARP,
     L3_IP6, PKT_F_L4, PKT_F_FRAGMENT, DROP_BAD_LEN, DROP_NOT_IP, DROP_BAD_L4_LEN, DROP_BAD_CSUM,
-    DROP_N_REASONS, CNT_NEIGH_REPLY, CNT_NEIGH_LEARN, CNT_LOCAL, CNT_N_COUNTERS,
+    CNT_NEIGH_REPLY, CNT_NEIGH_LEARN, CNT_LOCAL,
 )
 from dataplane.includes.bytes cimport load_be16, load_be32, load_u32, store_be16, store_be32, store_u32
 from dataplane.csum cimport IPPROTO_ICMPV6, ip6_l4_csum
 from dataplane.parse cimport tuple_hash
 from dataplane.burst cimport Burst
+from dataplane.burst import stage_counters
 
 __all__ = ["Neighbours", "NUD_INCOMPLETE", "NUD_REACHABLE", "NUD_STALE", "NUD_FAILED",
            "NUD_PERMANENT", "STATES"]
@@ -801,12 +801,9 @@ cdef class Neighbours:
 
     def run(self, Burst burst not None, uint64_t now_ns, counters=None):
         """neigh_burst over the burst (after parse). Returns (counters, drops) like parse()."""
-        if counters is None:
-            counters = (np.zeros(CNT_N_COUNTERS, np.uint64), np.zeros(DROP_N_REASONS, np.uint64))
+        counters = stage_counters(counters)
         cdef uint64_t[::1] cnt = counters[0]
         cdef uint64_t[::1] drops = counters[1]
-        if cnt.shape[0] != CNT_N_COUNTERS or drops.shape[0] != DROP_N_REASONS:
-            raise ValueError(f"need {CNT_N_COUNTERS} counters and {DROP_N_REASONS} drop slots")
         with nogil:
             self.neigh_burst(&burst.b, now_ns, &cnt[0], &drops[0])
         return counters

@@ -13,8 +13,6 @@ drop reason for it (requested: DROP_BAD_CSUM "bad_csum").
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memset
-cimport numpy as cnp
-import numpy as np
 
 from dataplane.includes.pkt cimport (
     burst_t, pkt_meta, pkt_tuple, pkt_data, pkt_drop, V_PENDING, L3_IP4, L3_IP6, L3_ARP,
@@ -23,13 +21,12 @@ from dataplane.includes.pkt cimport (
     DROP_OVERSIZE, DROP_BAD_ETHERTYPE, SCTP_F_INIT, SCTP_F_INIT_ACK, SCTP_F_COOKIE_ECHO,
     SCTP_F_COOKIE_ACK, SCTP_F_SHUTDOWN, SCTP_F_SHUTDOWN_ACK, SCTP_F_SHUTDOWN_COMPLETE, SCTP_F_ABORT,
     DROP_BAD_VERSION, DROP_BAD_IHL, DROP_BAD_LEN, DROP_BAD_L4_LEN, DROP_BAD_EXT_HDR,
-    DROP_TOO_MANY_VLANS, DROP_N_REASONS, CNT_RX, CNT_IP4, CNT_IP6, CNT_ARP, CNT_VLAN,
-    CNT_FRAGMENT, CNT_ICMP_ERROR, CNT_N_COUNTERS,
+    DROP_TOO_MANY_VLANS, CNT_RX, CNT_IP4, CNT_IP6, CNT_ARP, CNT_VLAN,
+    CNT_FRAGMENT, CNT_ICMP_ERROR,
 )
 from dataplane.includes.bytes cimport load_be16, load_u32
 from dataplane.burst cimport Burst
-
-cnp.import_array()
+from dataplane.burst import stage_counters
 
 __all__ = ["parse"]
 
@@ -381,12 +378,9 @@ def parse(Burst burst, counters=None):
 
     Returns (counters, drops): uint64 arrays indexed like burst.COUNTERS and burst.DROP_REASONS.
     Pass counters=(counters, drops) to accumulate into existing arrays instead."""
-    if counters is None:
-        counters = (np.zeros(CNT_N_COUNTERS, np.uint64), np.zeros(DROP_N_REASONS, np.uint64))
+    counters = stage_counters(counters)
     cdef uint64_t[::1] cnt = counters[0]
     cdef uint64_t[::1] drops = counters[1]
-    if cnt.shape[0] != CNT_N_COUNTERS or drops.shape[0] != DROP_N_REASONS:
-        raise ValueError(f"need {CNT_N_COUNTERS} counters and {DROP_N_REASONS} drop slots")
     with nogil:
         parse_burst(&burst.b, &cnt[0], &drops[0])
     return counters
