@@ -33,7 +33,7 @@ def _tcp_server(name: str, bind: str, port: int) -> None:
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((bind, port))
-    s.listen(128)
+    s.listen(4096)  # bursts of connections (the 1,000-connection test) must not overflow it
     while True:
         conn, (ip, cport) = s.accept()
         with conn:
