@@ -163,6 +163,7 @@ def _build(spec: LabSpec, services) -> dict:
     }
     for k, cidr in enumerate(cidrs, start=1):
         node = {"name": f"node-{k}", "netns": f"{pre}node-{k}", "ip": str(ipam.node_ip(k)),
+                "ips": [str(ipam.node_ip(k))],  # every address the node owns (one per family)
                 "podCIDR": str(cidr), "podGateway": str(ipam.pod_gateway(cidr)),
                 "configDir": str(root / f"node-{k}" / "config"), "log": str(root / f"node-{k}" / "dataplane.log"),
                 # Outside configDir: the dataplane re-reads every *.json there.

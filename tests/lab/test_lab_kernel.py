@@ -30,6 +30,7 @@ def test_up_status_down(lab_name):
     state = up(LabSpec(name=lab_name, nodes=3, pods_per_node=2, dataplane="kernel"))
     assert [n["podCIDR"] for n in state["nodes"]] == ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"]
     assert [n["ip"] for n in state["nodes"]] == ["192.168.0.2", "192.168.0.3", "192.168.0.4"]
+    assert [n["ips"] for n in state["nodes"]] == [["192.168.0.2"], ["192.168.0.3"], ["192.168.0.4"]]
     assert [(p["name"], p["ip"], p["node"]) for p in state["pods"][:3]] == [
         ("pod-1-1", "10.244.1.10", "node-1"), ("pod-1-2", "10.244.1.11", "node-1"),
         ("pod-2-1", "10.244.2.10", "node-2")]
