@@ -37,6 +37,7 @@ class RunStats:
     packets: int = 0
     reloads: int = 0
     reload_errors: list[str] = field(default_factory=list)
+    port_errors: list[str] = field(default_factory=list)  # ports that failed and were dropped
 
 
 class Worker:
@@ -95,7 +96,13 @@ class Worker:
         next_reload = time.monotonic() + RELOAD_INTERVAL_S
         try:
             while not self.stop.is_set():
-                for fd, _ in poller.poll(0.1):
+                for fd, events in poller.poll(0.1):
+                    if events & (select.EPOLLERR | select.EPOLLHUP):
+                        # The interface went away (e.g. its pod was deleted): stop polling it
+                        # instead of spinning on the error; the other ports carry on.
+                        poller.unregister(fd)
+                        self.stats.port_errors.append(self.node.port_names[by_fd[fd]])
+                        continue
                     self._drain(by_fd[fd])
                 if time.monotonic() >= next_reload:
                     self._maybe_reload()
@@ -133,8 +140,12 @@ class Worker:
             return
         self._mtime = mtime
         try:
-            self.node.apply(load(self.config_path))
+            config = load(self.config_path)
+            self.node.apply(config)
             self.stats.reloads += 1
+            if config.dataplane != self.node.dp:
+                self.stats.reload_errors.append(
+                    "DataplaneConfiguration changed: ports and routes take effect at restart")
         except (ConfigError, OSError) as exc:
             self.stats.reload_errors.append(str(exc))
 
@@ -151,6 +162,7 @@ class Worker:
         return {
             "packets": self.stats.packets, "bursts": self.stats.bursts,
             "reloads": self.stats.reloads, "reload_errors": self.stats.reload_errors,
+            "port_errors": self.stats.port_errors,
             "counters": dict(zip(COUNTERS, map(int, pipeline.counters))),
             "drops": {k: int(v) for k, v in zip(DROP_REASONS, pipeline.drops) if k != "none" and v},
             "ports": {p.name: {**self.ports[i].stats(), "tx_pipeline": int(pipeline.port_tx[i])}

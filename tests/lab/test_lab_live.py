@@ -193,3 +193,23 @@ def test_a_thousand_concurrent_connections_through_a_cluster_ip(lab_name):
     done, *servers = out.split()
     assert int(done) == 1000, err
     assert set(servers) == {"pod-1-1", "pod-1-2", "pod-2-1", "pod-2-2"}
+
+
+def test_a_deleted_pod_does_not_take_its_node_down(lab_name):
+    """The pod's veth vanishes under a running dataplane: that port is dropped, the rest of the
+    node keeps forwarding (no crash, no busy loop on the dead socket)."""
+    state = up(LabSpec(name=lab_name))
+    start_servers(state)
+    node2 = next(n for n in state["nodes"] if n["name"] == "node-2")
+    # What a CNI does when the pod goes: its veth is deleted.
+    subprocess.run(["ip", "-n", node2["netns"], "link", "del", "pod2"], check=True)
+    time.sleep(1.5)
+    answer = probe(state["pods"][0]["netns"], "tcp", "10.244.2.10", 8080, retry_for=5)[-1]
+    assert answer["ok"] and answer["server"] == "pod-2-1"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        stats = json.loads(Path(node2["stats"]).read_text())
+        if stats["port_errors"]:
+            break
+        time.sleep(0.2)
+    assert stats["port_errors"] == ["pod2"]
