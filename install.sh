@@ -34,7 +34,7 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q --upgrade pip "setuptools>=77" wheel Cython numpy  # also for in-place rebuilds
 .venv/bin/python -m pip install -q -e '.[test]'
 echo "install: done (.venv/bin/dataplane)"
 

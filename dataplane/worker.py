@@ -61,6 +61,7 @@ class Worker:
         self.node.attach_ports(self.ports)
         self.claimed = claim_interfaces(dp) if dp.local_port is not None else None
         self.burst = Burst(burst_size)
+        self.probes = Burst(64)
         self.stats = RunStats()
         self._mtime = self._config_mtime()
         self.stop = threading.Event()
@@ -106,6 +107,7 @@ class Worker:
                     self._drain(by_fd[fd])
                 if time.monotonic() >= next_reload:
                     self._maybe_reload()
+                    self._probe_neighbours()
                     self._write_stats()
                     next_reload = time.monotonic() + RELOAD_INTERVAL_S
         finally:
@@ -127,6 +129,14 @@ class Worker:
             self.stats.packets += n
             if n < burst.capacity:
                 return
+
+    def _probe_neighbours(self) -> None:
+        """Unicast probes for the neighbours in use that went stale, so they are confirmed
+        before they expire (one per neighbour a second at most)."""
+        neigh = self.node.router.neigh
+        if neigh.probe_stale_into(self.probes, time.time_ns()):
+            for index, port in enumerate(self.ports):
+                port.tx(self.probes, index, TX_MASK)
 
     def _config_mtime(self) -> float:
         paths = [self.config_path] if self.config_path.is_file() else \

@@ -33,7 +33,7 @@ ctypedef struct neigh_entry:
     uint8_t state              # NUD_* as stored (FAILED is derived from INCOMPLETE)
     uint8_t mac[6]
     uint8_t probes             # solicitations sent since the entry went INCOMPLETE
-    uint8_t pad
+    uint8_t used_stale         # resolve() used it while STALE: probe_stale() confirms it
 
 # Open addressing with linear probing, a load factor <= 0.5, backward-shift deletion.
 ctypedef struct neigh_table:
@@ -83,6 +83,14 @@ cdef class Neighbours:
     # a slot too small.
     cdef int solicit(self, burst_t *b, uint32_t i, uint16_t port, const uint32_t *ip,
                      uint8_t family, uint64_t now_ns) noexcept nogil
+
+    # Linux's DELAY/PROBE, simplified: append to the burst a unicast ARP request / NS to the cached
+    # MAC of every entry used while STALE (at most one per retrans interval), ready to send out
+    # of its port (V_FORWARD, port_out set), so neighbours in use are confirmed before they
+    # expire instead of costing a burst to a broadcast re-resolution. Returns how many.
+    cdef uint32_t probe_stale(self, burst_t *b, uint64_t now_ns) noexcept nogil
+    cdef int _build_request(self, burst_t *b, uint32_t i, uint16_t port, const uint32_t *key,
+                            uint8_t family, const uint8_t *unicast_mac) noexcept nogil
 
     # Reclaim expired entries; returns how many.
     cdef uint32_t neigh_gc(self, uint64_t now_ns) noexcept nogil

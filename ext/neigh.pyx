@@ -33,7 +33,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 import ipaddress
 
 from dataplane.includes.pkt cimport (
-    burst_t, pkt_meta, pkt_data, pkt_drop, V_PENDING, V_FORWARD, V_LOCAL, L3_ARP,
+    burst_t, pkt_meta, pkt_data, pkt_drop, pkt_reset, V_PENDING, V_FORWARD, V_LOCAL, L3_ARP,
     L3_IP6, PKT_F_L4, PKT_F_FRAGMENT, DROP_BAD_LEN, DROP_NOT_IP, DROP_BAD_L4_LEN, DROP_BAD_CSUM,
     CNT_NEIGH_REPLY, CNT_NEIGH_LEARN, CNT_LOCAL,
 )
@@ -317,23 +317,24 @@ cdef class Neighbours:
                      uint8_t *mac_out) noexcept nogil:
         cdef uint32_t key[4]
         cdef neigh_entry *e
+        cdef uint8_t state
         key_of(key, ip, family)
         e = self._live(port, family, key, now_ns)
-        if e == NULL or not is_usable(nud_state(e, now_ns, self.retrans_ns)):
+        if e == NULL:
             return 0
+        state = nud_state(e, now_ns, self.retrans_ns)
+        if not is_usable(state):
+            return 0
+        if state == NUD_STALE:
+            e.used_stale = 1
         memcpy(mac_out, e.mac, 6)
         return 1
 
     cdef int solicit(self, burst_t *b, uint32_t i, uint16_t port, const uint32_t *ip,
                      uint8_t family, uint64_t now_ns) noexcept nogil:
         cdef uint32_t key[4]
-        cdef uint32_t dst[4]
-        cdef uint8_t dst_mac[6]
         cdef neigh_entry *e
         cdef pkt_meta *m
-        cdef uint8_t *p
-        cdef uint8_t *a
-        cdef const uint8_t *mac
         cdef uint8_t state
         if (port >= self.nports or (family != 4 and family != 6) or i >= b.n
                 or b.meta[i].l3_off < ETH_HLEN):
@@ -353,10 +354,39 @@ cdef class Neighbours:
             e = self._create(port, family, key, now_ns)
             if e == NULL:
                 return -1
-        mac = self.macs + 6 * port
+        if self._build_request(b, i, port, key, family, NULL) != 0:
+            return -1
+        state = nud_state(e, now_ns, self.retrans_ns)
+        if not is_usable(state):
+            # A new round after FAILED starts counting again, as __neigh_event_send does.
+            if e.state != NUD_INCOMPLETE or state == NUD_FAILED:
+                e.probes = 0
+            e.state = NUD_INCOMPLETE
+            e.expire_ns = now_ns + self.stale_ns
+        if e.probes < 255:
+            e.probes += 1
+        e.probe_ns = now_ns
+        return 0
+
+    cdef int _build_request(self, burst_t *b, uint32_t i, uint16_t port, const uint32_t *key,
+                            uint8_t family, const uint8_t *unicast_mac) noexcept nogil:
+        """Packet i becomes an ARP request / NS for key out of port: broadcast / to the
+        solicited-node group, or, with unicast_mac, a unicast probe to that MAC (Linux
+        arp_solicit / ndisc_solicit in PROBE state). -1 if the slot is too small."""
+        cdef uint32_t dst[4]
+        cdef uint8_t dst_mac[6]
+        cdef pkt_meta *m = &b.meta[i]
+        cdef uint8_t *p
+        cdef uint8_t *a
+        cdef const uint8_t *mac = self.macs + 6 * port
         if family == 4:
             p = frame_room(b, i, m.l3_off + ARP_LEN)
-            memset(p, 0xff, 6)                      # broadcast
+            if p == NULL:
+                return -1
+            if unicast_mac != NULL:
+                memcpy(p, unicast_mac, 6)
+            else:
+                memset(p, 0xff, 6)                  # broadcast
             memcpy(p + 6, mac, 6)
             store_be16(p + m.l3_off - 2, ETH_P_ARP)
             a = p + m.l3_off
@@ -374,23 +404,42 @@ cdef class Neighbours:
             m.hash = tuple_hash(&m.t)
         else:
             p = frame_room(b, i, m.l3_off + ND_LEN)
-            memcpy(dst, SOLICITED_NODE, 13)
-            memcpy(<uint8_t *>dst + 13, <uint8_t *>key + 13, 3)
-            dst_mac[0] = dst_mac[1] = 0x33               # RFC 2464 7: 33:33 + low 32 bits
-            memcpy(dst_mac + 2, <uint8_t *>dst + 12, 4)
+            if p == NULL:
+                return -1
+            if unicast_mac != NULL:
+                memcpy(dst, key, 16)
+                memcpy(dst_mac, unicast_mac, 6)
+            else:
+                memcpy(dst, SOLICITED_NODE, 13)
+                memcpy(<uint8_t *>dst + 13, <uint8_t *>key + 13, 3)
+                dst_mac[0] = dst_mac[1] = 0x33           # RFC 2464 7: 33:33 + low 32 bits
+                memcpy(dst_mac + 2, <uint8_t *>dst + 12, 4)
             nd_build(b, i, p, dst_mac, mac, <uint8_t *>&self.src6[4 * port], <uint8_t *>dst,
                      ND_NS, 0, <uint8_t *>key)
-        state = nud_state(e, now_ns, self.retrans_ns)
-        if not is_usable(state):
-            # A new round after FAILED starts counting again, as __neigh_event_send does.
-            if e.state != NUD_INCOMPLETE or state == NUD_FAILED:
-                e.probes = 0
-            e.state = NUD_INCOMPLETE
-            e.expire_ns = now_ns + self.stale_ns
-        if e.probes < 255:
-            e.probes += 1
-        e.probe_ns = now_ns
         return 0
+
+    cdef uint32_t probe_stale(self, burst_t *b, uint64_t now_ns) noexcept nogil:
+        cdef uint32_t k, i, n = 0
+        cdef neigh_entry *e
+        for k in range(self.nt.mask + 1):
+            if b.n >= b.cap:
+                break
+            e = &self.nt.slots[k]
+            if (e.family == 0 or not e.used_stale or now_ns < e.probe_ns + self.retrans_ns
+                    or nud_state(e, now_ns, self.retrans_ns) != NUD_STALE):
+                continue
+            i = b.n
+            pkt_reset(b, i, 0, e.port)
+            b.meta[i].l3_off = ETH_HLEN
+            if self._build_request(b, i, e.port, e.ip, e.family, e.mac) != 0:
+                break
+            b.verdict[i] = V_FORWARD
+            b.meta[i].port_out = e.port
+            b.n = i + 1
+            e.probe_ns = now_ns
+            e.used_stale = 0
+            n += 1
+        return n
 
     cdef void neigh_burst(self, burst_t *b, uint64_t now_ns, uint64_t *cnt,
                           uint64_t *drops) noexcept nogil:
@@ -586,6 +635,7 @@ cdef class Neighbours:
             memcpy(e.mac, mac, 6)
         e.state = state
         e.probes = 0
+        e.used_stale = 0
         e.updated_ns = now_ns
         e.reach_until_ns = now_ns + self.reachable_ns if state == NUD_REACHABLE else now_ns
         e.expire_ns = e.reach_until_ns + self.stale_ns
@@ -798,6 +848,12 @@ cdef class Neighbours:
     def gc(self, uint64_t now_ns):
         """Reclaim entries expired at now_ns; returns how many."""
         return self.neigh_gc(now_ns)
+
+    def probe_stale_into(self, Burst burst not None, uint64_t now_ns):
+        """Clear `burst` and fill it with unicast probes for the neighbours in use that went
+        STALE (see probe_stale); the worker sends them once a second. Returns how many."""
+        burst.b.n = 0
+        return self.probe_stale(&burst.b, now_ns)
 
     def run(self, Burst burst not None, uint64_t now_ns, counters=None):
         """neigh_burst over the burst (after parse). Returns (counters, drops) like parse()."""

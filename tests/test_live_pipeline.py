@@ -49,12 +49,13 @@ def node():
 
 
 PORT_NONE = 0xFFFF
+S = 1_000_000_000
 
 
-def send(dp, pkt, port):
+def send(dp, pkt, port, now_ns=1_000_000_000):
     burst = Burst(1)
     burst.append(bytes(pkt), port_in=dp.port_names.index(port))
-    dp.pipeline.process(burst, now_ns=1_000_000_000)
+    dp.pipeline.process(burst, now_ns=now_ns)
     rec = trace_record(burst, 0, 0, dp.port_names)
     if rec["verdict"] == "drop" or rec["verdict"] == "local" and rec["out"] is None:
         # Consumed here: no port may send it (a frame re-sent unchanged poisons L2 learning).
@@ -124,3 +125,29 @@ def test_service_addresses_are_announced_and_withdrawn():
     rec, _ = send(dp, Ether(src="02:00:00:00:00:77", dst="ff:ff:ff:ff:ff:ff") / ARP(
         hwsrc="02:00:00:00:00:77", psrc="192.168.0.77", pdst="192.168.0.2"), "eth0")
     assert rec["verdict"] == "forward"
+
+
+def test_neighbours_in_use_are_probed_before_they_expire():
+    """Linux's DELAY/PROBE: a neighbour used after it went STALE gets a unicast probe (sent by
+    the worker once a second) instead of expiring under traffic and costing a burst."""
+    dp = node()
+    pkt = Ether(dst=UPLINK) / IP(src="192.168.0.50", dst="10.244.0.10") / UDP(dport=53)
+    send(dp, pkt, "eth0")  # becomes the ARP request
+    reply = Ether(src=POD_MAC, dst=PODS) / ARP(op=2, hwsrc=POD_MAC, psrc="10.244.0.10",
+                                               hwdst=PODS, pdst="10.244.0.1")
+    send(dp, reply, "pod1")
+    probes = Burst(8)
+    assert dp.router.neigh.probe_stale_into(probes, 2 * S) == 0          # REACHABLE: nothing
+    later = 40 * S                                                       # past reachable_s
+    rec, frame = send(dp, pkt, "eth0", later)
+    assert rec["reason"] is None and frame.dst == POD_MAC                # STALE still usable
+    assert dp.router.neigh.probe_stale_into(probes, later) == 1
+    probe = Ether(probes.frame(0))
+    assert (probe.dst, probe[ARP].op, probe[ARP].pdst) == (POD_MAC, 1, "10.244.0.10")
+    assert probes.meta(0)["port_out"] == dp.port_names.index("pod1")
+    assert dp.router.neigh.probe_stale_into(probes, later) == 0          # once per use
+    send(dp, reply, "pod1", later + S // 100)
+    assert dp.router.neigh.lookup(1, "10.244.0.10", later + S // 50) == bytes.fromhex(
+        POD_MAC.replace(":", ""))
+    assert dp.router.neigh.probe_stale_into(probes, later + 2 * S) == 0  # confirmed again
+
