@@ -2,14 +2,10 @@
 # the cdef entry points on &burst.b; Python code uses rx() / tx().
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from dataplane.includes.pkt cimport burst_t
+from dataplane.port cimport Port
 from dataplane.includes.sys_net cimport mmsghdr, iovec, tpacket_block_desc
 
-cdef class AfPacketPort:
-    cdef int fd
-    cdef readonly object ifname
-    cdef readonly int ifindex
-    cdef readonly int mtu
-    cdef readonly bytes mac
+cdef class AfPacketPort(Port):
     # RX ring: block_nr blocks of block_size bytes; the kernel hands a block over whole.
     cdef uint8_t *ring
     cdef size_t ring_size
@@ -24,13 +20,9 @@ cdef class AfPacketPort:
     cdef mmsghdr *msgs
     cdef iovec *iovs
     cdef uint32_t msgs_cap
-    cdef uint64_t n_rx, n_tx, n_tx_errors, n_oversize, n_csum_fixed, n_rx_dropped
+    cdef uint64_t n_csum_fixed, n_rx_dropped
 
-    cdef uint32_t rx_burst(self, burst_t *b, uint16_t port_in) noexcept nogil
-    cdef uint32_t tx_burst(self, burst_t *b, uint16_t port_index, uint32_t verdict_mask) noexcept nogil
     cdef void _release_block(self, tpacket_block_desc *bd) noexcept nogil
     cdef bint _grow_tx(self, uint32_t n) noexcept nogil
     cdef void _release(self) noexcept
-    cdef int _fail(self, int err, what) except -1
     cdef int _setopt(self, int name, int value, what) except -1
-    cdef int _open_check(self) except -1

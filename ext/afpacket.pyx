@@ -14,16 +14,16 @@ import os
 
 from libc.errno cimport errno, EINTR, EAGAIN, ENODEV
 from libc.stdlib cimport realloc, free
-from libc.string cimport memcpy, memset, strerror
+from libc.string cimport memcpy, memset
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
 from posix.unistd cimport close as c_close
 
-from dataplane.burst cimport Burst
 from dataplane.csum cimport csum_buf
 from dataplane.includes.bytes cimport store_be16
 from dataplane.includes.pkt cimport burst_t, pkt_reset, pkt_data, SLOT_HEADROOM, PKT_F_OVERSIZE
 from dataplane.includes.sys_net cimport *
+from dataplane.port cimport Port
 
 cdef extern from "<sys/mman.h>" nogil:
     enum:
@@ -79,7 +79,7 @@ cdef inline bint csum_complete(uint8_t *d, uint32_t n, uint32_t start, uint32_t 
     return True
 
 
-cdef class AfPacketPort:
+cdef class AfPacketPort(Port):
     """A port on an existing interface. `frames` sizes the RX ring in 2 KiB units (small frames
     pack tighter, so it holds more of them); `block_size` is the unit the kernel hands over;
     `retire_ms` bounds how long a partly filled block waits before rx() can see it. A trickle
@@ -172,43 +172,10 @@ cdef class AfPacketPort:
             c_close(self.fd)
             self.fd = -1
 
-    cdef int _fail(self, int err, what) except -1:
-        raise OSError(err, f"{self.ifname}: {what}: {strerror(err).decode()}")
-
     cdef int _setopt(self, int name, int value, what) except -1:
         if setsockopt(self.fd, SOL_PACKET, name, &value, sizeof(value)) < 0:
             self._fail(errno, what)
         return 0
-
-    def fileno(self):
-        self._open_check()
-        return self.fd
-
-    cdef int _open_check(self) except -1:
-        if self.fd < 0:
-            raise ValueError(f"{self.ifname}: port is closed")
-        return 0
-
-    def rx(self, Burst burst not None, unsigned int port_in=0):
-        """Clear `burst` and fill it with up to capacity received frames; 0 when none is pending."""
-        cdef uint32_t n
-        self._open_check()
-        if port_in > 0xffff:
-            raise ValueError(f"port_in {port_in} out of range")
-        with nogil:
-            n = self.rx_burst(&burst.b, <uint16_t>port_in)
-        return n
-
-    def tx(self, Burst burst not None, unsigned int port_index, unsigned int verdict_mask):
-        """Send the frames whose verdict bit is in verdict_mask (1 << V_FORWARD | ...) and whose
-        port_out is port_index; returns how many went out (the rest count as tx_errors)."""
-        cdef uint32_t n
-        self._open_check()
-        if port_index > 0xffff:
-            raise ValueError(f"port_index {port_index} out of range")
-        with nogil:
-            n = self.tx_burst(&burst.b, <uint16_t>port_index, verdict_mask)
-        return n
 
     cdef uint32_t rx_burst(self, burst_t *b, uint16_t port_in) noexcept nogil:
         cdef tpacket_block_desc *bd
@@ -353,11 +320,3 @@ cdef class AfPacketPort:
         self.stats()      # keep the kernel's last drop count
         self._release()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __repr__(self):
-        return f"AfPacketPort({self.ifname!r}, ifindex={self.ifindex}, mtu={self.mtu})"

@@ -11,14 +11,14 @@ tap's tx_dropped (`ip -s link`), not here.
 import os
 
 from libc.errno cimport errno, EINTR, EAGAIN, ENODEV
-from libc.string cimport memset, strerror, strncpy
+from libc.string cimport memset, strncpy
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from posix.fcntl cimport open as c_open, O_RDWR, O_NONBLOCK, O_CLOEXEC
 from posix.unistd cimport close as c_close, write
 
-from dataplane.burst cimport Burst
 from dataplane.includes.pkt cimport burst_t, pkt_reset, pkt_data, SLOT_HEADROOM, PKT_F_OVERSIZE
 from dataplane.includes.sys_net cimport *
+from dataplane.port cimport Port
 
 __all__ = ["TapPort"]
 
@@ -26,7 +26,7 @@ cdef enum:
     MAX_FRAME_LEN = 65535     # pkt_meta.len is 16 bits
 
 
-cdef class TapPort:
+cdef class TapPort(Port):
     """Attach to the tap `name` if it exists, else create it (create=False: it must exist).
     A tap we create is brought up and disappears when the port is closed."""
 
@@ -35,12 +35,12 @@ cdef class TapPort:
         cdef ifreq r
         cdef int s
         self.fd = -1
-        self.name = os.fsdecode(bname)
+        self.ifname = os.fsdecode(bname)
         if not 0 < len(bname) < IFNAMSIZ:
-            raise ValueError(f"interface name {self.name!r} must be 1-{IFNAMSIZ - 1} bytes")
+            raise ValueError(f"interface name {self.ifname!r} must be 1-{IFNAMSIZ - 1} bytes")
         self.created = if_nametoindex(bname) == 0
         if self.created and not create:
-            raise OSError(ENODEV, f"no such tap {self.name!r} (and create=False)")
+            raise OSError(ENODEV, f"no such tap {self.ifname!r} (and create=False)")
         self.fd = c_open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC)
         if self.fd < 0:
             self._fail(errno, "open /dev/net/tun")
@@ -75,43 +75,10 @@ cdef class TapPort:
         if self.fd >= 0:
             c_close(self.fd)
 
-    cdef int _fail(self, int err, what) except -1:
-        raise OSError(err, f"{self.name}: {what}: {strerror(err).decode()}")
-
-    cdef int _open_check(self) except -1:
-        if self.fd < 0:
-            raise ValueError(f"{self.name}: port is closed")
-        return 0
-
     @property
     def kernel_mac(self):
         """MAC of the kernel's side of the tap: frames we write must be addressed to it."""
         return self.mac
-
-    def fileno(self):
-        self._open_check()
-        return self.fd
-
-    def rx(self, Burst burst not None, unsigned int port_in=0):
-        """Clear `burst` and fill it with up to capacity frames the kernel sent; 0 when none."""
-        cdef uint32_t n
-        self._open_check()
-        if port_in > 0xffff:
-            raise ValueError(f"port_in {port_in} out of range")
-        with nogil:
-            n = self.rx_burst(&burst.b, <uint16_t>port_in)
-        return n
-
-    def tx(self, Burst burst not None, unsigned int port_index, unsigned int verdict_mask):
-        """Write the frames whose verdict bit is in verdict_mask and whose port_out is
-        port_index to the kernel; returns how many it took (the rest count as tx_errors)."""
-        cdef uint32_t n
-        self._open_check()
-        if port_index > 0xffff:
-            raise ValueError(f"port_index {port_index} out of range")
-        with nogil:
-            n = self.tx_burst(&burst.b, <uint16_t>port_index, verdict_mask)
-        return n
 
     cdef uint32_t rx_burst(self, burst_t *b, uint16_t port_in) noexcept nogil:
         cdef uint32_t n = 0, room = b.slot_size - SLOT_HEADROOM
@@ -179,11 +146,3 @@ cdef class TapPort:
             fd, self.fd = self.fd, -1
             c_close(fd)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __repr__(self):
-        return f"TapPort({self.name!r}, ifindex={self.ifindex}, mtu={self.mtu})"

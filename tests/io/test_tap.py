@@ -131,6 +131,6 @@ def test_open_port_tap_from_config(netns_one):
     cfg = Port(name="node", mac=b"\x02" * 6, index=1, type="tap", ifname="dptap3")
     with netns(netns_one):
         with open_port(cfg) as p:
-            assert isinstance(p, TapPort) and p.name == "dptap3"
+            assert isinstance(p, TapPort) and p.ifname == "dptap3"
         with pytest.raises(ValueError, match="one worker"):
             open_port(cfg, 0, workers=2)
