@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import os
 
+from dataplane.config.dataplane import vtep_mac
 from dataplane.config.k8s import KubeProxyConfig
 from dataplane.conntrack import Conntrack
 from dataplane.ctnat import CtNat
@@ -16,9 +17,10 @@ from dataplane.neigh import Neighbours
 from dataplane.pipeline import Pipeline
 from dataplane.proxier import Proxier
 from dataplane.route import NH_LOCAL, Router
+from dataplane.vxlan import VxlanDecap
 
-__all__ = ["NodeDataplane", "build_neighbours", "build_pipeline", "build_router",
-           "conntrack_settings"]
+__all__ = ["NodeDataplane", "build_neighbours", "build_pipeline", "build_router", "build_vxlan",
+           "conntrack_settings", "vtep_ip"]
 
 DEFAULT_CONNTRACK_SIZE = 1 << 20
 
@@ -26,19 +28,37 @@ DEFAULT_CONNTRACK_SIZE = 1 << 20
 def build_router(dp) -> Router:
     """Routes become next hops in the LPMs; the node's own addresses become local host routes."""
     router = Router(LPM4(), LPM6())
+    local = vtep_ip(dp)
     for route in dp.routes:
-        port = dp.ports[route.port_index]
-        nexthop = router.add_nexthop(route.port_index, port.mac, route.mac, route.via)
+        if route.vxlan is not None:
+            t = route.vxlan
+            nexthop = router.add_vxlan_nexthop(t.vni, local, t.remote, t.port,
+                                               t.vtep_mac or vtep_mac(t.remote), vtep_mac(local))
+        else:
+            port = dp.ports[route.port_index]
+            nexthop = router.add_nexthop(route.port_index, port.mac, route.mac, route.via)
         _lpm_for(router, route.prefix.version).add(route.prefix, nexthop)
     for addr in dp.node_ips:
         host = ipaddress.ip_network(addr)  # /32 or /128
         _lpm_for(router, host.version).add(host, NH_LOCAL)
+    router.resolve_underlay()
     return router
+
+
+def vtep_ip(dp):
+    """Our VTEP address: the node's first IPv4 address (flannel's public IP)."""
+    return next((a for a in dp.node_ips if a.version == 4), None)
+
+
+def build_vxlan(dp) -> VxlanDecap | None:
+    """The decapsulation stage for the node's tunnels; None when it has none."""
+    tunnels = {(r.vxlan.port, r.vxlan.vni) for r in dp.routes if r.vxlan is not None}
+    return VxlanDecap(dp.node_ips, tunnels) if tunnels else None
 
 
 def build_pipeline(dp) -> Pipeline:
     """A pure router: parse -> route, no conntrack and no Services."""
-    return Pipeline(build_router(dp), len(dp.ports))
+    return Pipeline(build_router(dp), len(dp.ports), vxlan=build_vxlan(dp))
 
 
 def conntrack_settings(dp, kube_proxy: KubeProxyConfig | None, cores: int | None = None):
@@ -94,7 +114,7 @@ class NodeDataplane:
         if live:
             self.router.set_neighbours(build_neighbours(dp))
             self._announce(config)
-        self.pipeline = Pipeline(self.router, len(dp.ports), self.ctnat)
+        self.pipeline = Pipeline(self.router, len(dp.ports), self.ctnat, build_vxlan(dp))
 
     def attach_ports(self, ports) -> None:
         """Live ports are open: packets for the node go to the local port's kernel side."""

@@ -1,5 +1,5 @@
 # Parser stage: fills pkt_meta (L2/L3/L4 offsets, flags, tuple, hash) for a burst. See parse.pyx.
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from dataplane.includes.pkt cimport burst_t, pkt_tuple
 
 cdef extern from *:
@@ -41,3 +41,8 @@ cdef inline uint32_t tuple_hash(const pkt_tuple *t) noexcept nogil:
 
 
 cdef void parse_burst(burst_t *b, uint64_t *cnt, uint64_t *drops) noexcept nogil
+
+
+# Parses frame i into its meta without counting or dropping (the decap stage re-parses an inner
+# frame with it); returns its drop reason, DROP_NONE when it parsed.
+cdef uint8_t parse_one(burst_t *b, uint32_t i) noexcept nogil

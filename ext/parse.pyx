@@ -57,32 +57,38 @@ cdef void parse_burst(burst_t *b, uint64_t *cnt, uint64_t *drops) noexcept nogil
     cdef uint32_t i
     cdef pkt_meta *m
     cdef uint8_t why
-    cdef uint16_t rx_flags
     for i in range(b.n):
         if b.verdict[i] != V_PENDING:
             continue
         m = &b.meta[i]
-        # Clear what this stage owns (l3_off..icmp_code, hash, tuples) so a re-parse starts clean;
-        # slot, length, port, timestamp and the receive path's flags are not ours.
-        rx_flags = m.flags & PKT_F_RX_MASK
-        memset(&m.l3_off, 0, <char *>&m.nexthop - <char *>&m.l3_off)
-        memset(&m.hash, 0, <char *>(m + 1) - <char *>&m.hash)
-        m.flags = rx_flags
         cnt[<int>CNT_RX] += 1
-        if rx_flags & PKT_F_OVERSIZE:
-            pkt_drop(b, i, DROP_OVERSIZE, drops)
-            continue
-        why = parse_pkt(pkt_data(b, i), m)
+        why = parse_one(b, i)
         if why != DROP_NONE:
             pkt_drop(b, i, why, drops)
             continue
-        m.hash = tuple_hash(&m.t)
         cnt[<int>CNT_VLAN] += m.n_vlans != 0
         cnt[<int>CNT_IP4] += m.l3 == L3_IP4
         cnt[<int>CNT_IP6] += m.l3 == L3_IP6
         cnt[<int>CNT_ARP] += m.l3 == L3_ARP
         cnt[<int>CNT_FRAGMENT] += (m.flags & PKT_F_FRAGMENT) != 0
         cnt[<int>CNT_ICMP_ERROR] += (m.flags & PKT_F_ICMP_ERROR) != 0
+
+
+cdef uint8_t parse_one(burst_t *b, uint32_t i) noexcept nogil:
+    cdef pkt_meta *m = &b.meta[i]
+    cdef uint8_t why
+    # Clear what this stage owns (l3_off..icmp_code, hash, tuples) so a re-parse starts clean;
+    # slot, length, port, timestamp and the receive path's flags are not ours.
+    cdef uint16_t rx_flags = m.flags & PKT_F_RX_MASK
+    memset(&m.l3_off, 0, <char *>&m.nexthop - <char *>&m.l3_off)
+    memset(&m.hash, 0, <char *>(m + 1) - <char *>&m.hash)
+    m.flags = rx_flags
+    if rx_flags & PKT_F_OVERSIZE:
+        return DROP_OVERSIZE
+    why = parse_pkt(pkt_data(b, i), m)
+    if why == DROP_NONE:
+        m.hash = tuple_hash(&m.t)
+    return why
 
 
 cdef inline uint8_t parse_pkt(const uint8_t *p, pkt_meta *m) noexcept nogil:

@@ -1,5 +1,5 @@
-"""The node pipeline: parse -> neighbours (live mode) -> conntrack/Service NAT -> route, one
-nogil call per burst.
+"""The node pipeline: parse -> VXLAN decap -> neighbours (live mode) -> conntrack/Service NAT ->
+route (VXLAN encap included), one nogil call per burst.
 
 Stages only touch packets whose verdict is still pending, so each stage is a plain loop and
 the pipeline is the order of the calls. Counters are numpy arrays the control plane reads
@@ -16,6 +16,7 @@ from dataplane.includes.pkt cimport (
 from dataplane.ctnat cimport CtNat
 from dataplane.parse cimport parse_burst
 from dataplane.route cimport Router
+from dataplane.vxlan cimport VxlanDecap
 
 cnp.import_array()
 
@@ -23,9 +24,11 @@ __all__ = ["Pipeline"]
 
 
 cdef class Pipeline:
-    def __cinit__(self, Router router not None, unsigned int n_ports, CtNat ctnat=None):
+    def __cinit__(self, Router router not None, unsigned int n_ports, CtNat ctnat=None,
+                  VxlanDecap vxlan=None):
         self.router = router
         self.ctnat = ctnat
+        self.vxlan = vxlan
         self.n_ports = n_ports
         self.counters = np.zeros(<int>CNT_N_COUNTERS, dtype=np.uint64)
         self.drops = np.zeros(<int>DROP_N_REASONS, dtype=np.uint64)
@@ -55,6 +58,8 @@ cdef class Pipeline:
     cdef void run(self, burst_t *b, uint64_t now_ns) noexcept nogil:
         cdef uint32_t i
         parse_burst(b, self.cnt, self.drp)
+        if self.vxlan is not None:
+            self.vxlan.decap_burst(b, self.cnt, self.drp)
         if self.router.neigh is not None:
             self.router.neigh.neigh_burst(b, now_ns, self.cnt, self.drp)
         if self.ctnat is not None:

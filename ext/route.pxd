@@ -2,11 +2,13 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 from dataplane.includes.pkt cimport burst_t
 from dataplane.lpm cimport LPM4, LPM6
 from dataplane.neigh cimport Neighbours
+from dataplane.vxlan cimport vxlan_tunnel
 
 cdef enum:
     NH_ID_LOCAL = 0        # next-hop id reserved for "this node" (host routes of node IPs)
     NH_KIND_LOCAL = 0
     NH_KIND_FORWARD = 1
+    NH_KIND_VXLAN = 2      # encapsulate towards a remote VTEP, then forward through `underlay`
 
 ctypedef struct nexthop_t:
     uint8_t kind
@@ -16,6 +18,8 @@ ctypedef struct nexthop_t:
     uint8_t smac[6]        # egress port's MAC
     uint32_t via[4]        # gateway address (network order words); family 0: on-link route,
     uint8_t family         # the packet's own destination is the neighbour to resolve
+    int32_t underlay       # VXLAN: the FORWARD next hop towards tun.remote (fixed at build)
+    vxlan_tunnel tun       # VXLAN: the tunnel's headers
 
 cdef class Router:
     cdef readonly LPM4 lpm4

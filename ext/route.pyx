@@ -1,7 +1,9 @@
 """Route stage: longest-prefix match on the destination, then local delivery or forwarding.
 
 Forwarding decrements the TTL / hop limit (IPv4 checksum fixed incrementally, RFC 1624),
-rewrites the Ethernet addresses to the next hop's and records the egress port. Next hops live
+rewrites the Ethernet addresses to the next hop's and records the egress port. A VXLAN next hop
+first wraps the packet for a remote VTEP (ext/vxlan.pyx), then forwards the outer packet through
+the route to that VTEP, looked up once when the table is built (routes change only at restart). Next hops live
 in a flat table indexed by the LPM result; index 0 is reserved for "this node" so the node's
 own addresses are plain host routes in the same LPM.
 """
@@ -15,11 +17,13 @@ from dataplane.includes.pkt cimport (
     burst_t, pkt_meta, pkt_data, pkt_drop, BURST_SIZE, V_PENDING, V_FORWARD, V_LOCAL, V_DROP,
     L3_IP4, L3_IP6, L3_ARP, CNT_ROUTED, CNT_LOCAL, CNT_NEIGH_SOLICIT, DROP_NOT_IP,
     DROP_NO_ROUTE, DROP_TTL_EXPIRED, DROP_NO_NEIGHBOR, DROP_BAD_ETHERTYPE, DROP_BAD_CSUM,
+    DROP_OVERSIZE, CNT_VXLAN_ENCAP,
 )
 from dataplane.includes.bytes cimport bswap32, load_be16
 from dataplane.csum cimport csum_replace2, ip4_hdr_csum_ok
 from dataplane.lpm cimport LPM4, LPM6
 from dataplane.neigh cimport Neighbours
+from dataplane.vxlan cimport vxlan_encap
 
 __all__ = ["Router", "NH_LOCAL"]
 
@@ -63,6 +67,44 @@ cdef class Router:
             memcpy(e.via, <const char *>packed, len(packed))
         self.n += 1
         return self.n - 1
+
+    def add_vxlan_nexthop(self, unsigned int vni, local, remote, unsigned int port,
+                          bytes remote_mac not None, bytes local_mac not None):
+        """Register a next hop that encapsulates towards the VTEP `remote` (our VTEP: `local`)
+        and return its id; `resolve_underlay` must run once every route is in the LPM."""
+        if self.n >= self.cap:
+            raise OverflowError(f"next-hop table full ({self.cap} entries)")
+        if len(remote_mac) != 6 or len(local_mac) != 6:
+            raise ValueError("MAC addresses are 6 bytes")
+        cdef bytes local4 = ipaddress.IPv4Address(local).packed
+        cdef bytes remote4 = ipaddress.IPv4Address(remote).packed
+        cdef nexthop_t *e = &self.nh[self.n]
+        memset(e, 0, sizeof(nexthop_t))
+        e.kind = NH_KIND_VXLAN
+        e.underlay = -1
+        e.tun.vni = vni
+        e.tun.port = <uint16_t>port
+        memcpy(&e.tun.local, <const char *>local4, 4)
+        memcpy(&e.tun.remote, <const char *>remote4, 4)
+        memcpy(e.tun.inner_dmac, <const char *>remote_mac, 6)
+        memcpy(e.tun.inner_smac, <const char *>local_mac, 6)
+        self.n += 1
+        return self.n - 1
+
+    def resolve_underlay(self):
+        """Point every VXLAN next hop at the forwarding next hop that reaches its remote VTEP.
+        ValueError names a remote with no such route (none, local, or through a tunnel)."""
+        cdef uint32_t k
+        cdef int32_t u
+        for k in range(self.n):
+            if self.nh[k].kind != NH_KIND_VXLAN:
+                continue
+            u = self.lpm4.lookup_c(bswap32(self.nh[k].tun.remote))
+            if u < 0 or self.nh[u].kind != NH_KIND_FORWARD:
+                remote = ipaddress.IPv4Address(bswap32(self.nh[k].tun.remote))
+                raise ValueError(f"VXLAN remote {remote} needs a route of its own (not local, not "
+                                 "through a tunnel)")
+            self.nh[k].underlay = u
 
     def set_local(self, unsigned int port, bytes kernel_mac not None, bytes port_mac not None):
         """Deliver packets for this node out of `port` (a tap into the node's stack), addressed
@@ -138,7 +180,7 @@ cdef class Router:
         cdef uint8_t *frame
         cdef uint8_t *ip
         cdef uint8_t mac[6]
-        cdef uint16_t old_word, new_word
+        cdef bint wrapped = False
         cdef nexthop_t *e
         if nh < 0 or <uint32_t>nh >= self.n:
             pkt_drop(b, i, DROP_NO_ROUTE, drops)
@@ -161,19 +203,21 @@ cdef class Router:
         if m.ttl <= 1:
             pkt_drop(b, i, DROP_TTL_EXPIRED, drops)
             return
+        if e.kind == NH_KIND_VXLAN:
+            ttl_decrement(ip, m)
+            if not vxlan_encap(b, i, &e.tun):
+                pkt_drop(b, i, DROP_OVERSIZE, drops)
+                return
+            cnt[CNT_VXLAN_ENCAP] += 1
+            wrapped = True
+            frame = pkt_data(b, i)
+            e = &self.nh[e.underlay]
         if e.has_mac:
             memcpy(mac, e.dmac, 6)
         elif not self.next_hop_mac(b, i, e, now_ns, mac, cnt, drops):
             return
-        if m.l3 == L3_IP4:
-            # TTL shares a 16-bit word with the protocol: patch that word in the checksum.
-            old_word = load_be16(ip + 8)
-            ip[8] -= 1
-            new_word = load_be16(ip + 8)
-            csum_replace2(ip + 10, old_word, new_word)
-        else:
-            ip[7] -= 1
-        m.ttl -= 1
+        if not wrapped:  # an encapsulated packet's TTL was decremented before wrapping
+            ttl_decrement(ip, m)
         memcpy(frame, mac, 6)
         memcpy(frame + 6, e.smac, 6)
         m.port_out = e.port
@@ -215,3 +259,15 @@ cdef inline bint is_host_only4(uint32_t a) noexcept nogil:
 cdef inline bint is_host_only6(const uint8_t *a) noexcept nogil:
     # ff00::/8 multicast and fe80::/10 link-local are not forwarded (RFC 4291 2.5.6).
     return a[0] == 0xFF or (a[0] == 0xFE and (a[1] & 0xC0) == 0x80)
+
+
+cdef inline void ttl_decrement(uint8_t *ip, pkt_meta *m) noexcept nogil:
+    cdef uint16_t old_word
+    if m.l3 == L3_IP4:
+        # TTL shares a 16-bit word with the protocol: patch that word in the checksum.
+        old_word = load_be16(ip + 8)
+        ip[8] -= 1
+        csum_replace2(ip + 10, old_word, load_be16(ip + 8))
+    else:
+        ip[7] -= 1
+    m.ttl -= 1

@@ -1,6 +1,7 @@
 """Our own object: `dataplane/v1alpha1 DataplaneConfiguration` (node identity, ports, routes)."""
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from .fields import (Invalid, IPAddress, IPNetwork, Obj, dns_subdomain, format_mac, in_range, ip_address,
@@ -30,20 +31,42 @@ class Port:
                 "addresses": [str(a) for a in self.addresses], "proxyARP": self.proxy_arp}
 
 
+def vtep_mac(ip: IPAddress) -> bytes:
+    """A VTEP's inner MAC, derived from its IPv4 address (02:00:a.b.c.d, locally administered)
+    so that both ends of a tunnel agree without exchanging it (flannel publishes it instead)."""
+    return b"\x02\x00" + ip.packed
+
+
+@dataclass(frozen=True)
+class Vxlan:
+    """Encapsulation of a route's packets towards a remote VTEP (RFC 7348, flannel's vxlan)."""
+    vni: int
+    remote: ipaddress.IPv4Address
+    port: int = 4789
+    vtep_mac: bytes | None = None   # the remote VTEP's inner MAC; None: vtep_mac(remote)
+
+    def describe(self) -> dict:
+        return {"vni": self.vni, "remote": str(self.remote), "port": self.port,
+                "vtepMAC": format_mac(self.vtep_mac or vtep_mac(self.remote))}
+
+
 @dataclass(frozen=True)
 class Route:
     """A static route. Without `via` the prefix is on-link; `mac` is the next hop's
-    Ethernet address (None: to be resolved by the neighbour table)."""
+    Ethernet address (None: to be resolved by the neighbour table). A `vxlan` route has no port,
+    via or mac: its packets are encapsulated and leave through the route to the remote VTEP."""
     prefix: IPNetwork
-    port: str
-    port_index: int
+    port: str | None
+    port_index: int | None
     via: IPAddress | None = None
     mac: bytes | None = None
+    vxlan: Vxlan | None = None
 
     def describe(self) -> dict:
         return {"prefix": str(self.prefix), "port": self.port, "portIndex": self.port_index,
                 "via": None if self.via is None else str(self.via),
-                "mac": None if self.mac is None else format_mac(self.mac)}
+                "mac": None if self.mac is None else format_mac(self.mac),
+                "vxlan": None if self.vxlan is None else self.vxlan.describe()}
 
 
 @dataclass(frozen=True)
@@ -75,7 +98,8 @@ class DataplaneConfig:
 FIELDS = ("apiVersion", "kind", "nodeName", "nodeIPs", "clusterCIDRs", "nonMasqueradeCIDRs",
           "serviceLoadBalancing", "conntrackSize", "localPort", "ports", "routes")
 PORT_FIELDS = ("name", "mac", "mtu", "ifname", "type", "addresses", "proxyARP")
-ROUTE_FIELDS = ("prefix", "port", "via", "mac")
+ROUTE_FIELDS = ("prefix", "port", "via", "mac", "vxlan")
+VXLAN_FIELDS = ("vni", "remote", "port", "vtepMAC")
 
 
 def _port(o: Obj) -> Port:
@@ -109,6 +133,13 @@ def parse(o: Obj) -> DataplaneConfig:
 
     def route(r: Obj) -> Route:
         prefix = r.get("prefix", str, required=True, parse=strict_cidr)
+        tunnel = r.obj("vxlan", VXLAN_FIELDS)
+        if tunnel is not None:
+            for key in ("port", "via", "mac"):
+                if r.has(key):
+                    raise Invalid(r.at(key), "not allowed with vxlan (the encapsulated packet "
+                                  "follows the route to the remote VTEP)")
+            return Route(prefix, None, None, vxlan=_vxlan(tunnel))
         port = r.get("port", str, required=True)
         if port not in port_index:
             raise Invalid(r.at("port"), f"no such port {port!r} (ports: {', '.join(sorted(port_index)) or 'none valid'})")
@@ -118,6 +149,7 @@ def parse(o: Obj) -> DataplaneConfig:
         return Route(prefix, port, port_index[port], via, r.get("mac", str, parse=mac_address))
 
     routes = o.objects("routes", ROUTE_FIELDS, route, unique={"prefix": lambda r: r.prefix})
+    _check_tunnels(o, routes, node_ips)
     non_masq = (o.scalars("nonMasqueradeCIDRs", str, strict_cidr, unique="CIDR")
                 if o.get("nonMasqueradeCIDRs", list) is not None else None)
     local_port = o.get("localPort", str)
@@ -128,3 +160,30 @@ def parse(o: Obj) -> DataplaneConfig:
         o.get("serviceLoadBalancing", str, "random", parse=one_of("random", "maglev")),
         o.get("conntrackSize", int, parse=in_range(1, 1 << 30)), local_port)
 
+
+
+def _vxlan(o: Obj) -> Vxlan:
+    remote = o.get("remote", str, required=True, parse=unicast_ip)
+    if remote.version != 4:
+        raise Invalid(o.at("remote"), f"must be an IPv4 address (VXLAN over IPv4), got {remote}")
+    return Vxlan(o.get("vni", int, required=True, parse=in_range(0, (1 << 24) - 1)), remote,
+                 o.get("port", int, 4789, parse=in_range(1, 65535)),
+                 o.get("vtepMAC", str, parse=mac_address))
+
+
+def _check_tunnels(o: Obj, routes: tuple[Route, ...], node_ips) -> None:
+    """Each tunnel needs our IPv4 VTEP address and a plain route to its remote VTEP (the route
+    stage forwards the outer packet there); a remote reached only through a tunnel would loop."""
+    for k, r in enumerate(routes):
+        if r.vxlan is None:
+            continue
+        at = (*o.at("routes"), k, "vxlan")
+        if not any(a.version == 4 for a in node_ips):
+            raise Invalid(at, "needs an IPv4 address in nodeIPs (the local VTEP)")
+        remote = r.vxlan.remote
+        if remote in node_ips:
+            raise Invalid((*at, "remote"), f"{remote} is this node's own address")
+        best = max((c for c in routes if c.prefix.version == 4 and remote in c.prefix),
+                   key=lambda c: c.prefix.prefixlen, default=None)
+        if best is None or best.vxlan is not None:
+            raise Invalid((*at, "remote"), f"no route to {remote} other than through a tunnel")

@@ -27,7 +27,9 @@
   _(SRC_RANGE, "src_range")           /* loadBalancerSourceRanges */      \
   _(NAT_EXHAUSTED, "nat_exhausted")   /* no free SNAT port */             \
   _(POLICY, "policy")                 /* dropped by policy */             \
-  _(INVALID_STATE, "invalid_state")   /* conntrack: out of window etc. */
+  _(INVALID_STATE, "invalid_state")   /* conntrack: out of window etc. */\
+  _(BAD_VXLAN, "bad_vxlan")           /* to our VXLAN port: unknown VNI, */\
+                                      /* I flag clear, cut off */
 
 typedef enum {
 #define _(sym, str) DROP_##sym,
@@ -63,6 +65,8 @@ static const char *const drop_reason_strings[] = {
   _(REJECT, "reject")           /* RST / port unreachable sent back */    \
   _(ROUTED, "routed")           /* forwarded by the route stage */        \
   _(LOCAL, "local")             /* delivered to this node */              \
+  _(VXLAN_DECAP, "vxlan_decap") /* VXLAN packets unwrapped (RFC 7348) */  \
+  _(VXLAN_ENCAP, "vxlan_encap") /* packets wrapped towards a remote VTEP */\
   _(TX, "tx")                   /* frames transmitted */
 
 typedef enum {

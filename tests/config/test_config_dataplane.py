@@ -196,7 +196,7 @@ def test_describe_is_json_able():
                                         "ifname": "eth0", "type": "afpacket",
                                         "addresses": [], "proxyARP": False}]
     assert d["dataplane"]["routes"][0] == {"prefix": "0.0.0.0/0", "port": "eth0", "portIndex": 0,
-                                           "via": "192.168.0.1", "mac": "02:00:00:00:00:fe"}
+                                           "via": "192.168.0.1", "mac": "02:00:00:00:00:fe", "vxlan": None}
 
 
 def test_live_mode_fields():
