@@ -30,7 +30,7 @@ def register(subparsers) -> None:
         p.add_argument("--nodes", type=int, default=2, help="number of nodes (default: 2)")
         p.add_argument("--pods-per-node", type=int, default=2, help="pods on each node (default: 2)")
         p.add_argument("--overlay", choices=("none", "vxlan"), default="none",
-                       help="none: host-gw routes between nodes; vxlan: not implemented yet")
+                       help="none: host-gw routes between nodes; vxlan: flannel-style VXLAN (VNI 1, port 4789)")
         p.add_argument("--dataplane", choices=("ours", "kernel"), default="ours",
                        help="ours: `dataplane run` in every node, kernel forwarding off; kernel: Linux "
                             "forwards and masquerades, no Service proxy (baseline) (default: ours)")

@@ -1,4 +1,5 @@
-"""Build, describe and tear down a lab: a host-gw cluster made of network namespaces.
+"""Build, describe and tear down a lab: a host-gw or VXLAN (flannel-style) cluster made of
+network namespaces.
 
 Every namespace of lab NAME is called `dpl.NAME.<role>` (lab names have no dots), so a
 crashed lab's leftovers are found by prefix even without its state file. State lives in
@@ -8,6 +9,7 @@ a lock file serialises `up`/`down`/`apply` across processes.
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import json
 import os
 import re
@@ -37,6 +39,9 @@ PROBE = Path(__file__).resolve().with_name("probe.py")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,23}$")
 _MARK = "DATAPLANE_LAB"    # environment variable naming the lab a process belongs to
 STARTUP_GRACE_S = 1.0   # a dataplane still alive this long after start has parsed its config
+VXLAN_VNI = 1           # flannel's default VNI
+VXLAN_PORT = 4789       # flannel's default port (IANA's), not Linux's 8472
+VXLAN_MTU = 1450        # 1500 less the 50 bytes of outer headers, as flannel sets it
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,7 @@ class LabSpec:
     name: str = "lab"
     nodes: int = 2
     pods_per_node: int = 2
-    overlay: str = "none"         # "none" (host-gw routes); "vxlan" is not implemented yet
+    overlay: str = "none"         # "none": host-gw routes; "vxlan": flannel's vxlan backend (VNI 1)
     dataplane: str = "ours"       # "ours": `dataplane run` per node; "kernel": Linux forwarding
     services: Path | None = DEFAULT_SERVICES  # Kubernetes objects given to every node
 
@@ -54,9 +59,7 @@ class LabSpec:
             raise LabError(f"--nodes must be 1..{ipam.MAX_NODES}, got {self.nodes}")
         if not 0 <= self.pods_per_node <= ipam.MAX_PODS:
             raise LabError(f"--pods-per-node must be 0..{ipam.MAX_PODS}, got {self.pods_per_node}")
-        if self.overlay == "vxlan":
-            raise LabError("--overlay vxlan is not implemented yet (only host-gw routing, --overlay none)")
-        if self.overlay != "none":
+        if self.overlay not in ("none", "vxlan"):
             raise LabError(f"--overlay must be none or vxlan, got {self.overlay!r}")
         if self.dataplane not in ("ours", "kernel"):
             raise LabError(f"--dataplane must be ours or kernel, got {self.dataplane!r}")
@@ -232,6 +235,8 @@ def _build_node(state: dict, node: dict, pods: list[dict]) -> None:
         # A /32 and an on-link gateway: every packet leaves the pod through its gateway, the
         # dataplane (or the kernel) on the node side of the veth.
         ip(pod["netns"], "addr", "add", f"{pod['ip']}/32", "dev", "eth0")
+        if state["overlay"] == "vxlan":  # flannel's CNI config gives pods the overlay's MTU
+            ip(pod["netns"], "link", "set", "eth0", "mtu", str(VXLAN_MTU))
         ip(pod["netns"], "route", "add", gw, "dev", "eth0", "scope", "link")
         ip(pod["netns"], "route", "add", "default", "via", gw, "dev", "eth0")
     node["macs"] = {"eth0": link_mac(ns, "eth0"), **{p["port"]: link_mac(ns, p["port"]) for p in pods}}
@@ -250,6 +255,8 @@ def _build_node(state: dict, node: dict, pods: list[dict]) -> None:
     ip(ns, "addr", "add", f"{node['ip']}/32", "dev", "host")
     ip(ns, "link", "set", "host", "up")
     ip(ns, "route", "add", "default", "dev", "host")
+    if state["overlay"] == "vxlan":  # the node's own traffic to pods is encapsulated too
+        ip(ns, "route", "add", state["clusterCIDR"], "dev", "host", "mtu", str(VXLAN_MTU))
     node["macs"]["host"] = link_mac(ns, "host")
 
 
@@ -260,14 +267,45 @@ def _kernel_routing(state: dict, node: dict, pods: list[dict]) -> None:
     for pod in pods:
         ip(ns, "addr", "add", f"{node['podGateway']}/32", "dev", pod["port"])
         ip(ns, "route", "add", f"{pod['ip']}/32", "dev", pod["port"])
-    for other in state["nodes"]:
-        if other is not node:
-            ip(ns, "route", "add", other["podCIDR"], "via", other["ip"], "dev", "eth0")
+    if state["overlay"] == "vxlan":
+        _kernel_vxlan(state, node)
+    else:
+        for other in state["nodes"]:
+            if other is not node:
+                ip(ns, "route", "add", other["podCIDR"], "via", other["ip"], "dev", "eth0")
     ip(ns, "route", "add", "default", "via", str(ipam.GATEWAY_IP), "dev", "eth0")
     sysctl(ns, "net.ipv4.ip_forward", 1)
     cluster = state["clusterCIDR"]
     run(exec_argv(ns, ["iptables", "-t", "nat", "-A", "POSTROUTING", "-s", cluster, "!", "-d", cluster,
                        "-o", "eth0", "-j", "MASQUERADE"]))
+
+
+def _kernel_vxlan(state: dict, node: dict) -> None:
+    """flannel.1 as flannel's vxlan backend sets it up: no learning, every remote VTEP's MAC and
+    address as permanent neighbour and FDB entries, a route per remote pod CIDR via the remote
+    VTEP's overlay address (the CIDR's network address) on-link."""
+    ns = node["netns"]
+    dev = "flannel.1"
+    ip(ns, "link", "add", dev, "type", "vxlan", "id", str(VXLAN_VNI), "dstport", str(VXLAN_PORT),
+       "local", node["ip"], "dev", "eth0", "nolearning")
+    ip(ns, "link", "set", dev, "address", _vtep_mac(node["ip"]), "mtu", str(VXLAN_MTU), "up")
+    ip(ns, "addr", "add", f"{ipaddress.ip_network(node['podCIDR']).network_address}/32", "dev", dev)
+    for other in state["nodes"]:
+        if other is node:
+            continue
+        mac = _vtep_mac(other["ip"])
+        vtep = str(ipaddress.ip_network(other["podCIDR"]).network_address)
+        ip(ns, "neigh", "add", vtep, "lladdr", mac, "dev", dev, "nud", "permanent")
+        run(["bridge", "-n", ns, "fdb", "append", mac, "dev", dev, "dst", other["ip"], "self", "permanent"])
+        # src: the node's own traffic to pods leaves from the node IP as with host-gw (flannel's
+        # kernel would pick flannel.1's address), so the demo's rows mean the same in every mode.
+        ip(ns, "route", "add", other["podCIDR"], "via", vtep, "dev", dev, "onlink", "src", node["ip"])
+
+
+def _vtep_mac(node_ip: str) -> str:
+    from dataplane.config.dataplane import vtep_mac
+    from dataplane.config.fields import format_mac
+    return format_mac(vtep_mac(ipaddress.ip_address(node_ip)))
 
 
 # ---- dataplane configuration and processes ----
@@ -280,7 +318,12 @@ def _node_objects(state: dict, node: dict) -> list[dict]:
     ports += [{"name": p["port"], "mac": macs[p["port"]], "type": "afpacket", "addresses": [node["podGateway"]]}
               for p in pods]
     routes = [{"prefix": f"{p['ip']}/32", "port": p["port"]} for p in pods]
-    routes += [{"prefix": o["podCIDR"], "port": "eth0", "via": o["ip"]} for o in state["nodes"] if o is not node]
+    others = [o for o in state["nodes"] if o is not node]
+    if state["overlay"] == "vxlan":
+        routes += [{"prefix": o["podCIDR"], "vxlan": {"vni": VXLAN_VNI, "remote": o["ip"], "port": VXLAN_PORT}}
+                   for o in others]
+    else:
+        routes += [{"prefix": o["podCIDR"], "port": "eth0", "via": o["ip"]} for o in others]
     routes += [{"prefix": str(ipam.NODE_NET), "port": "eth0"},
                {"prefix": "0.0.0.0/0", "port": "eth0", "via": str(ipam.GATEWAY_IP)}]
     return [

@@ -129,9 +129,22 @@ def test_demo_kernel_mode(lab_name):
 
 
 def test_errors_are_one_clear_line(lab_name):
-    result = lab_cli("up", "--name", lab_name, "--overlay", "vxlan")
+    result = lab_cli("up", "--name", lab_name, "--nodes", "0")
     assert result.returncode == 1
-    assert result.stderr.strip() == ("dataplane lab up: --overlay vxlan is not implemented yet "
-                                     "(only host-gw routing, --overlay none)")
+    assert result.stderr.strip() == "dataplane lab up: --nodes must be 1..50, got 0"
     with pytest.raises(LabError, match="no lab named"):
         load_state(lab_name)
+
+
+def test_demo_kernel_mode_over_vxlan(lab_name):
+    result = lab_cli("demo", "--name", lab_name, "--dataplane", "kernel", "--overlay", "vxlan",
+                     "--requests", "5", "--json", "--keep")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads(result.stdout)["rows"]
+    assert {r["title"] for r in rows if r["result"] == "PASS"} == {
+        "pod -> pod, other node", "pod -> pod, other node, UDP", "node -> pod, other node", "pod -> outside (masq.)"}
+    node = load_state(lab_name)["nodes"][0]["netns"]
+    route = subprocess.run(["ip", "-n", node, "route", "get", "10.244.2.10"], capture_output=True, text=True)
+    assert "dev flannel.1" in route.stdout
+    link = subprocess.run(["ip", "-n", node, "-d", "link", "show", "flannel.1"], capture_output=True, text=True)
+    assert "vxlan id 1" in link.stdout and "dstport 4789" in link.stdout and "nolearning" in link.stdout

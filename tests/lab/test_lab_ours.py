@@ -2,7 +2,9 @@
 row must pass. Skipped until this tree's CLI has `dataplane run`."""
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +47,19 @@ endpoints: [{addresses: [10.244.2.10], nodeName: node-2, conditions: {ready: tru
     while not answer["ok"] and time.monotonic() < deadline:
         answer = probe(state["pods"][0]["netns"], "tcp", "10.96.0.77", 80, timeout=1)[0]
     assert (answer["ok"], answer.get("server")) == (True, "pod-2-1")
+
+
+def test_every_demo_row_passes_over_vxlan(lab_name):
+    state = up(LabSpec(name=lab_name, overlay="vxlan"))
+    start_servers(state)
+    rows = run_flows(state, flows(state, requests=10))
+    failed = [(r.title, r.observed) for r in rows if r.result != "PASS"]
+    assert not failed
+    # Pod traffic between the nodes really went through the tunnel, both ways, on both nodes.
+    deadline = time.monotonic() + 5
+    while True:
+        counters = [json.loads(Path(n["stats"]).read_text())["counters"] for n in state["nodes"]]
+        if all(c["vxlan_encap"] and c["vxlan_decap"] for c in counters) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert all(c["vxlan_encap"] and c["vxlan_decap"] for c in counters), counters

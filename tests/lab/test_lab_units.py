@@ -27,7 +27,7 @@ def test_documented_addresses():
 
 
 @pytest.mark.parametrize("spec, message", [
-    (LabSpec(overlay="vxlan"), "not implemented yet"),
+    (LabSpec(overlay="gre"), "--overlay must be none or vxlan"),
     (LabSpec(name="Bad.Name"), "lab name"),
     (LabSpec(nodes=0), "--nodes"),
     (LabSpec(dataplane="dpdk"), "--dataplane"),
