@@ -5,7 +5,6 @@ from dataplane.includes.pkt cimport burst_t
 
 cdef enum:
     VXLAN_ENCAP_LEN = 50       # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
-    VXLAN_DEFAULT_PORT = 4789  # IANA; Linux's own default is 8472, flannel asks for 4789
 
 # One remote VTEP as an encapsulating next hop sees it.
 ctypedef struct vxlan_tunnel:

@@ -21,10 +21,7 @@ from dataplane.includes.bytes cimport load_be16, load_be32, store_be16, store_be
 from dataplane.csum cimport IPPROTO_UDP, ip4_hdr_csum, ip4_hdr_csum_ok
 from dataplane.parse cimport parse_one
 
-__all__ = ["VxlanDecap", "ENCAP_LEN", "DEFAULT_PORT"]
-
-ENCAP_LEN = VXLAN_ENCAP_LEN
-DEFAULT_PORT = VXLAN_DEFAULT_PORT
+__all__ = ["VxlanDecap"]
 
 cdef enum:
     ETH_HLEN = 14

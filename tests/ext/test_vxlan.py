@@ -1,7 +1,5 @@
 """VXLAN overlay (RFC 7348, flannel's vxlan backend): route-stage encapsulation, the decap stage,
 the configuration that drives both, and a round trip between two nodes."""
-from pathlib import Path
-
 import pytest
 from scapy.all import ARP, ICMP, IP, UDP, Ether, Raw, rdpcap
 from scapy.layers.vxlan import VXLAN
@@ -11,8 +9,6 @@ from dataplane.config import ConfigError, loads
 from dataplane.nat import _move
 from dataplane.tables import NodeDataplane
 from dataplane.trace import trace_record
-
-SHARED_VXLAN_PCAP = Path(__file__).resolve().parents[3] / "shared" / "pcaps" / "tcpdump__vxlan.pcap"
 
 UPLINK_A, PODS_A = "02:00:00:00:0a:01", "02:00:00:00:0a:02"
 UPLINK_B, PODS_B = "02:00:00:00:0b:01", "02:00:00:00:0b:02"
@@ -177,8 +173,8 @@ def test_live_node_resolves_the_remote_vtep_by_arp():
     assert Ether(frame)[ARP].pdst == "192.168.0.3" and Ether(frame)[ARP].psrc == "192.168.0.2"
 
 
-def test_shared_capture_decapsulates():
-    pkts = rdpcap(str(SHARED_VXLAN_PCAP))
+def test_shared_capture_decapsulates(shared_pcaps):
+    pkts = rdpcap(str(shared_pcaps / "tcpdump__vxlan.pcap"))   # VNI 100, inner ARP and ICMP
     dp = NodeDataplane(loads(f"""
 apiVersion: dataplane/v1alpha1
 kind: DataplaneConfiguration

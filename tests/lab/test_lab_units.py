@@ -37,13 +37,13 @@ def test_spec_errors(spec, message):
         spec.validate()
 
 
-def _state():
+def _state(overlay="none"):
     nodes = [{"name": f"node-{k}", "ip": str(ipam.node_ip(k)), "podCIDR": f"10.244.{k}.0/24",
               "podGateway": f"10.244.{k}.1", "macs": {"eth0": "02:00:00:00:0%d:01" % k,
                                                       "host": "02:00:00:00:0%d:02" % k,
                                                       "pod1": "02:00:00:00:0%d:03" % k}} for k in (1, 2)]
     pods = [{"name": f"pod-{k}-1", "node": f"node-{k}", "ip": f"10.244.{k}.10", "port": "pod1"} for k in (1, 2)]
-    return {"clusterCIDR": "10.244.0.0/16", "nodes": nodes, "pods": pods}
+    return {"clusterCIDR": "10.244.0.0/16", "overlay": overlay, "nodes": nodes, "pods": pods}
 
 
 def test_generated_node_configuration_loads_with_the_example_services():
@@ -62,6 +62,14 @@ def test_generated_node_configuration_loads_with_the_example_services():
     assert str(routes["0.0.0.0/0"].via) == "192.168.0.1"
     assert config.kube_proxy.hostname_override == "node-1"
     assert {s.name for s in config.services} == {"web", "web-nodeport", "web-local", "echo-udp", "empty"}
+
+
+def test_vxlan_overlay_replaces_host_gw_routes():
+    state = _state("vxlan")
+    dp = loads(yaml.safe_dump_all(_node_objects(state, state["nodes"][0]))).dataplane
+    other = next(r for r in dp.routes if str(r.prefix) == "10.244.2.0/24")
+    assert (other.port, other.via, other.vxlan.vni, str(other.vxlan.remote), other.vxlan.port) == \
+        (None, None, 1, "192.168.0.3", 4789)
 
 
 def test_apply_rejects_invalid_objects_with_the_loaders_message(tmp_path):
