@@ -22,6 +22,7 @@ from .topology import PROBE, LabSpec, _python, add_pids, down, start_process, up
 __all__ = ["Row", "Flow", "probe", "start_servers", "flows", "run_flows", "demo"]
 
 SERVER_TCP, SERVER_UDP, OUTSIDE_PORT = 8080, 5353, 80
+CLOSED_PORT = 9          # discard: nothing listens on it in the lab
 
 
 def probe(ns: str, proto: str, host: str, port: int, count: int = 1, timeout: float = 2.0,
@@ -52,6 +53,13 @@ def start_servers(state: dict) -> None:
         local = "127.0.0.1" if bind == "0.0.0.0" else bind
         if not probe(ns, "tcp", local, port, timeout=0.5, retry_for=5)[0]["ok"]:
             raise LabError(f"the server in {name} ({ns}) did not start; see {root / 'servers' / (name + '.log')}")
+    # The dataplane queues nothing while it resolves a neighbour (the packet becomes the ARP
+    # request), so a UDP request to a pod that never sent anything would be lost. Real pods talk
+    # early (DNS); these knock once on their node (a closed port), and the pod's ARP for its
+    # gateway teaches the node its MAC.
+    node_ip = {n["name"]: n["ip"] for n in state["nodes"]}
+    for pod in state["pods"]:
+        probe(pod["netns"], "tcp", node_ip[pod["node"]], CLOSED_PORT, timeout=0.5)
 
 
 @dataclass
@@ -172,6 +180,7 @@ def print_rows(rows: list[Row], out=sys.stdout) -> None:
 
 COUNTER_COLUMNS = ("rx", "routed", "local", "ct_new", "dnat", "snat", "reject", "neigh_reply",
                    "neigh_solicit")
+OVERLAY_COLUMNS = ("vxlan_encap", "vxlan_decap")   # shown when a node used the overlay
 
 
 def node_counters(state) -> dict[str, dict]:
@@ -186,13 +195,15 @@ def node_counters(state) -> dict[str, dict]:
 
 
 def print_counters(stats: dict[str, dict], out) -> None:
-    headers = ("node",) + COUNTER_COLUMNS + ("drops",)
+    columns = COUNTER_COLUMNS + tuple(k for k in OVERLAY_COLUMNS
+                                      if any(st.get("counters", {}).get(k) for st in stats.values()))
+    headers = ("node",) + columns + ("drops",)
     table = [headers]
     for name, st in stats.items():
         c = st.get("counters", {})
         drops = ", ".join(f"{k}:{v}" for k, v in sorted(st.get("drops", {}).items(),
                                                         key=lambda kv: -kv[1])[:3])
-        table.append((name,) + tuple(str(c.get(k, 0)) for k in COUNTER_COLUMNS) + (drops or "-",))
+        table.append((name,) + tuple(str(c.get(k, 0)) for k in columns) + (drops or "-",))
     widths = [max(len(r[i]) for r in table) for i in range(len(headers))]
     for r in table:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)

@@ -1,6 +1,7 @@
 """Lab pieces that need no namespaces: the address plan, generated node configuration, errors."""
 from __future__ import annotations
 
+import io
 import ipaddress
 
 import pytest
@@ -8,6 +9,7 @@ import yaml
 
 from dataplane.config import loads
 from dataplane.lab import LabError, LabSpec, apply, ipam
+from dataplane.lab.demo import print_counters
 from dataplane.lab.topology import DEFAULT_SERVICES, _node_objects
 
 
@@ -86,3 +88,13 @@ def test_apply_rejects_node_objects(tmp_path):
                  "hostnameOverride: x\n")
     with pytest.raises(LabError, match="may only hold Kubernetes objects"):
         apply("nosuchlab", f)
+
+
+def test_counter_table_shows_the_overlay_only_when_used():
+    def header(stats):
+        out = io.StringIO()
+        print_counters(stats, out)
+        return out.getvalue().splitlines()[0].split()
+    assert "vxlan_encap" not in header({"node-1": {"counters": {"rx": 3}}})
+    used = header({"node-1": {"counters": {"rx": 3, "vxlan_encap": 2, "vxlan_decap": 1}}})
+    assert used[-3:] == ["vxlan_encap", "vxlan_decap", "drops"]
