@@ -3,9 +3,9 @@
 Forwarding decrements the TTL / hop limit (IPv4 checksum fixed incrementally, RFC 1624),
 rewrites the Ethernet addresses to the next hop's and records the egress port. A VXLAN next hop
 first wraps the packet for a remote VTEP (ext/vxlan.pyx), then forwards the outer packet through
-the route to that VTEP, looked up once when the table is built (routes change only at restart). Next hops live
-in a flat table indexed by the LPM result; index 0 is reserved for "this node" so the node's
-own addresses are plain host routes in the same LPM.
+the route to that VTEP, looked up once when the table is built (routes change only at restart).
+Next hops live in a flat table indexed by the LPM result; index 0 is reserved for "this node" so
+the node's own addresses are plain host routes in the same LPM.
 """
 import ipaddress
 
@@ -204,6 +204,9 @@ cdef class Router:
             pkt_drop(b, i, DROP_TTL_EXPIRED, drops)
             return
         if e.kind == NH_KIND_VXLAN:
+            if e.underlay < 0:      # resolve_underlay() has not run
+                pkt_drop(b, i, DROP_NO_ROUTE, drops)
+                return
             ttl_decrement(ip, m)
             if not vxlan_encap(b, i, &e.tun):
                 pkt_drop(b, i, DROP_OVERSIZE, drops)

@@ -1,12 +1,17 @@
 """VXLAN overlay (RFC 7348, flannel's vxlan backend): route-stage encapsulation, the decap stage,
 the configuration that drives both, and a round trip between two nodes."""
+import ipaddress
+
 import pytest
 from scapy.all import ARP, ICMP, IP, UDP, Ether, Raw, rdpcap
 from scapy.layers.vxlan import VXLAN
 
 from dataplane.burst import COUNTERS, Burst
 from dataplane.config import ConfigError, loads
+from dataplane.lpm import LPM4, LPM6
 from dataplane.nat import _move
+from dataplane.pipeline import Pipeline
+from dataplane.route import Router
 from dataplane.tables import NodeDataplane
 from dataplane.trace import trace_record
 
@@ -219,3 +224,16 @@ def test_vxlan_route_takes_no_port():
         "vxlan: {vni: 1", "port: eth0, vxlan: {vni: 1")
     with pytest.raises(ConfigError, match=r"routes\[1\]\.port: not allowed with vxlan"):
         loads(text)
+
+
+def test_tunnel_without_an_underlay_is_refused_at_build_and_never_followed():
+    router = Router(LPM4(), LPM6())
+    vtep = bytes.fromhex("020000000001")
+    nh = router.add_vxlan_nexthop(1, "192.168.0.2", "192.168.0.3", 4789, vtep, vtep)
+    router.lpm4.add(ipaddress.ip_network("10.244.3.0/24"), nh)
+    with pytest.raises(ValueError, match="VXLAN remote 192.168.0.3 needs a route"):
+        router.resolve_underlay()
+    burst = Burst(1)
+    burst.append(bytes(POD_TO_POD), port_in=0)
+    Pipeline(router, 1).process(burst, now_ns=1)
+    assert (burst.meta(0)["verdict"], burst.meta(0)["reason"]) == ("drop", "no_route")
