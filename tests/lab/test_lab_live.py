@@ -213,3 +213,22 @@ def test_a_deleted_pod_does_not_take_its_node_down(lab_name):
             break
         time.sleep(0.2)
     assert stats["port_errors"] == ["pod2"]
+
+
+def test_a_bad_file_in_the_config_dir_keeps_the_running_state(lab_name):
+    """A broken object dropped next to the good ones is reported by the running dataplane;
+    the Services it already had keep working."""
+    state = up(LabSpec(name=lab_name))
+    start_servers(state)
+    node1 = next(n for n in state["nodes"] if n["name"] == "node-1")
+    (Path(node1["configDir"]) / "60-broken.yaml").write_text(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: default}\n"
+        "spec: {clusterIP: 10.96.0.66, ports: [{port: 70000}]}\n")
+    deadline = time.monotonic() + 10
+    errors = []
+    while not errors and time.monotonic() < deadline:
+        time.sleep(0.5)
+        errors = json.loads(Path(node1["stats"]).read_text())["reload_errors"]
+    assert errors and "spec.ports[0].port" in errors[0]
+    answer = probe(state["pods"][0]["netns"], "tcp", "10.96.0.10", 80, retry_for=5)[-1]
+    assert answer["ok"]
