@@ -42,11 +42,27 @@ ctypedef struct neigh_table:
     uint32_t n                 # entries in use
     uint32_t cap               # most entries allowed
 
+# Packets held while their next hop resolves (Linux's unresolved queue, arp_queue): released
+# into the burst that brings the answer, dropped as no_neighbor when it does not come in time.
+cdef enum:
+    NQ_SLOTS = 256             # held packets, all neighbours together
+    NQ_PER_NEIGH = 32          # held packets per neighbour
+    NQ_FRAME = 2048            # longest frame held (bytes)
+
+ctypedef struct nq_entry:
+    uint64_t deadline_ns       # 0: free slot
+    uint32_t ip[4]             # the neighbour (key_of form)
+    uint16_t port
+    uint16_t len
+    uint16_t port_in
+    uint8_t family
+
 ctypedef struct neigh_stats:
     uint64_t created           # entries created by learning or solicit
     uint64_t expired           # expired entries reclaimed (lookup, gc)
     uint64_t full              # entries not created: table full even after a forced gc
     uint64_t rate_limited      # solicit() refused within retrans_ms of the last one
+    uint64_t queue_full        # packets not held: hold queue full (overall or per neighbour)
 
 cdef class Neighbours:
     cdef neigh_table nt        # neighbours
@@ -62,6 +78,9 @@ cdef class Neighbours:
     cdef uint64_t stale_ns
     cdef uint64_t retrans_ns
     cdef uint64_t next_forced_gc_ns  # a full table runs gc at most once per FORCED_GC interval
+    cdef nq_entry *nq          # NQ_SLOTS held packets
+    cdef uint8_t *nq_buf       # NQ_SLOTS * NQ_FRAME bytes
+    cdef uint32_t nq_used
 
     # Stage over the pending packets of a burst, after parse. ARP requests and NSs answered become
     # the reply in place (V_FORWARD out of port_in, CNT_NEIGH_REPLY); ARP replies, gratuitous ARP
@@ -91,6 +110,14 @@ cdef class Neighbours:
     cdef uint32_t probe_stale(self, burst_t *b, uint64_t now_ns) noexcept nogil
     cdef int _build_request(self, burst_t *b, uint32_t i, uint16_t port, const uint32_t *key,
                             uint8_t family, const uint8_t *unicast_mac) noexcept nogil
+
+    # Hold a copy of packet i (finished but for its destination MAC) until ip on port resolves;
+    # 0 held, -1 not (queue full for that neighbour or overall, or frame too long).
+    cdef int enqueue(self, burst_t *b, uint32_t i, uint16_t port, const uint32_t *ip,
+                     uint8_t family, uint64_t now_ns) noexcept nogil
+    # Append the held packets whose neighbour resolved to the burst (V_FORWARD, port_out and
+    # destination MAC set) while it has room; drop those held too long (no_neighbor).
+    cdef void release(self, burst_t *b, uint64_t now_ns, uint64_t *cnt, uint64_t *drops) noexcept nogil
 
     # Reclaim expired entries; returns how many.
     cdef uint32_t neigh_gc(self, uint64_t now_ns) noexcept nogil

@@ -35,7 +35,7 @@ import ipaddress
 from dataplane.includes.pkt cimport (
     burst_t, pkt_meta, pkt_data, pkt_drop, pkt_reset, V_PENDING, V_FORWARD, V_LOCAL, L3_ARP,
     L3_IP6, PKT_F_L4, PKT_F_FRAGMENT, DROP_BAD_LEN, DROP_NOT_IP, DROP_BAD_L4_LEN, DROP_BAD_CSUM,
-    CNT_NEIGH_REPLY, CNT_NEIGH_LEARN, CNT_LOCAL,
+    CNT_NEIGH_REPLY, CNT_NEIGH_LEARN, CNT_NEIGH_RELEASED, CNT_LOCAL, DROP_NO_NEIGHBOR,
 )
 from dataplane.includes.bytes cimport load_be16, load_be32, load_u32, store_be16, store_be32, store_u32
 from dataplane.csum cimport IPPROTO_ICMPV6, ip6_l4_csum
@@ -288,7 +288,10 @@ cdef class Neighbours:
         self.src4 = <uint32_t *>calloc(self.nports, 4)
         self.src6 = <uint32_t *>calloc(self.nports, 16)
         self.src_set = <uint8_t *>calloc(self.nports, 1)
-        if not (self.macs and self.proxy and self.src4 and self.src6 and self.src_set):
+        self.nq = <nq_entry *>calloc(NQ_SLOTS, sizeof(nq_entry))
+        self.nq_buf = <uint8_t *>calloc(NQ_SLOTS, NQ_FRAME)
+        if not (self.macs and self.proxy and self.src4 and self.src6 and self.src_set and self.nq
+                and self.nq_buf):
             raise MemoryError()
         self.reachable_ns = <uint64_t>(reachable_s * 1e9)
         self.stale_ns = <uint64_t>(stale_s * 1e9)
@@ -310,6 +313,8 @@ cdef class Neighbours:
         free(self.src4)
         free(self.src6)
         free(self.src_set)
+        free(self.nq)
+        free(self.nq_buf)
 
     # --- fast path ----------------------------------------------------------------------------
 
@@ -418,6 +423,65 @@ cdef class Neighbours:
                      ND_NS, 0, <uint8_t *>key)
         return 0
 
+    cdef int enqueue(self, burst_t *b, uint32_t i, uint16_t port, const uint32_t *ip,
+                     uint8_t family, uint64_t now_ns) noexcept nogil:
+        cdef uint32_t key[4]
+        cdef uint32_t k, same = 0, free_slot = NQ_SLOTS
+        cdef nq_entry *q
+        cdef uint16_t length = b.meta[i].len
+        if length > NQ_FRAME:
+            return -1
+        key_of(key, ip, family)
+        for k in range(NQ_SLOTS):
+            q = &self.nq[k]
+            if q.deadline_ns == 0:
+                if free_slot == NQ_SLOTS:
+                    free_slot = k
+            elif q.port == port and q.family == family and memcmp(q.ip, key, 16) == 0:
+                same += 1
+        if free_slot == NQ_SLOTS or same >= NQ_PER_NEIGH:
+            self.st.queue_full += 1
+            return -1
+        q = &self.nq[free_slot]
+        memcpy(q.ip, key, 16)
+        q.port = port
+        q.family = family
+        q.len = length
+        q.port_in = b.meta[i].port_in
+        # As long as Linux lets a neighbour stay INCOMPLETE: its probes, one retrans apart.
+        q.deadline_ns = now_ns + NEIGH_MAX_PROBES * self.retrans_ns
+        memcpy(self.nq_buf + <size_t>free_slot * NQ_FRAME, pkt_data(b, i), length)
+        self.nq_used += 1
+        return 0
+
+    cdef void release(self, burst_t *b, uint64_t now_ns, uint64_t *cnt, uint64_t *drops) noexcept nogil:
+        cdef uint32_t k, j
+        cdef nq_entry *q
+        cdef uint8_t mac[6]
+        cdef uint8_t *frame
+        for k in range(NQ_SLOTS):
+            if self.nq_used == 0:
+                return
+            q = &self.nq[k]
+            if q.deadline_ns == 0:
+                continue
+            if now_ns >= q.deadline_ns:
+                drops[DROP_NO_NEIGHBOR] += 1
+            elif b.n < b.cap and self.resolve(q.port, q.ip, q.family, now_ns, mac):
+                j = b.n
+                pkt_reset(b, j, q.len, q.port_in)
+                frame = pkt_data(b, j)
+                memcpy(frame, self.nq_buf + <size_t>k * NQ_FRAME, q.len)
+                memcpy(frame, mac, 6)
+                b.verdict[j] = V_FORWARD
+                b.meta[j].port_out = q.port
+                b.n = j + 1
+                cnt[CNT_NEIGH_RELEASED] += 1
+            else:
+                continue
+            q.deadline_ns = 0
+            self.nq_used -= 1
+
     cdef uint32_t probe_stale(self, burst_t *b, uint64_t now_ns) noexcept nogil:
         cdef uint32_t k, i, n = 0
         cdef neigh_entry *e
@@ -456,6 +520,8 @@ cdef class Neighbours:
             elif (m.l3 == L3_IP6 and m.t.proto == IPPROTO_ICMPV6 and m.flags & PKT_F_L4
                     and (m.icmp_type == ND_NS or m.icmp_type == ND_NA)):
                 self._nd_input(b, i, now_ns, cnt, drops)
+        if self.nq_used:  # answers learned above free the packets waiting for them
+            self.release(b, now_ns, cnt, drops)
 
     cdef void _arp_input(self, burst_t *b, uint32_t i, uint64_t now_ns, uint64_t *cnt,
                          uint64_t *drops) noexcept nogil:
@@ -839,7 +905,8 @@ cdef class Neighbours:
         return {"entries": self.nt.n, "capacity": self.nt.cap,
                 "owned": self.own.n - self.nports, "created": self.st.created,
                 "expired": self.st.expired, "full": self.st.full,
-                "rate_limited": self.st.rate_limited}
+                "rate_limited": self.st.rate_limited, "queue_full": self.st.queue_full,
+                "held": self.nq_used}
 
     def flush(self, port=None):
         """Delete every learned entry (of one port); static entries stay. Returns how many."""

@@ -15,7 +15,8 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 
 from dataplane.includes.pkt cimport (
     burst_t, pkt_meta, pkt_data, pkt_drop, BURST_SIZE, V_PENDING, V_FORWARD, V_LOCAL, V_DROP,
-    L3_IP4, L3_IP6, L3_ARP, CNT_ROUTED, CNT_LOCAL, CNT_NEIGH_SOLICIT, DROP_NOT_IP,
+    L3_IP4, L3_IP6, L3_ARP, CNT_ROUTED, CNT_LOCAL, CNT_NEIGH_SOLICIT, CNT_NEIGH_QUEUED, DROP_NOT_IP,
+    DROP_NEIGH_QUEUED,
     DROP_NO_ROUTE, DROP_TTL_EXPIRED, DROP_NO_NEIGHBOR, DROP_BAD_ETHERTYPE, DROP_BAD_CSUM,
     DROP_OVERSIZE, CNT_VXLAN_ENCAP,
 )
@@ -215,14 +216,16 @@ cdef class Router:
             wrapped = True
             frame = pkt_data(b, i)
             e = &self.nh[e.underlay]
-        if e.has_mac:
-            memcpy(mac, e.dmac, 6)
-        elif not self.next_hop_mac(b, i, e, now_ns, mac, cnt, drops):
-            return
         if not wrapped:  # an encapsulated packet's TTL was decremented before wrapping
             ttl_decrement(ip, m)
-        memcpy(frame, mac, 6)
+        # Finished but for the destination MAC, so a packet held for its neighbour is ready.
         memcpy(frame + 6, e.smac, 6)
+        if e.has_mac:
+            memcpy(frame, e.dmac, 6)
+        elif self.next_hop_mac(b, i, e, now_ns, mac, cnt, drops):
+            memcpy(frame, mac, 6)
+        else:
+            return
         m.port_out = e.port
         b.verdict[i] = V_FORWARD
         cnt[CNT_ROUTED] += 1
@@ -230,11 +233,12 @@ cdef class Router:
 
     cdef bint next_hop_mac(self, burst_t *b, uint32_t i, nexthop_t *e, uint64_t now_ns,
                            uint8_t *mac, uint64_t *cnt, uint64_t *drops) noexcept nogil:
-        """The next hop's MAC from the neighbour table. On a miss the packet itself becomes the
-        ARP request / neighbour solicitation (no queue: like a full Linux arp_queue, the packet
-        is lost and counted, and the sender's retransmission finds the neighbour resolved)."""
+        """The next hop's MAC from the neighbour table. On a miss the packet is held until the
+        neighbour answers (Linux's unresolved queue) and its slot becomes the ARP request /
+        neighbour solicitation, at most one per neighbour per retrans interval."""
         cdef pkt_meta *m = &b.meta[i]
         cdef const uint32_t *target = &m.t.daddr[0]
+        cdef bint held
         if e.family:
             target = &e.via[0]
         if self.neigh is None:
@@ -242,14 +246,19 @@ cdef class Router:
             return False
         if self.neigh.resolve(e.port, target, m.t.family, now_ns, mac):
             return True
-        drops[DROP_NO_NEIGHBOR] += 1
-        b.reason[i] = DROP_NO_NEIGHBOR
+        held = self.neigh.enqueue(b, i, e.port, target, m.t.family, now_ns) == 0
+        if held:
+            cnt[CNT_NEIGH_QUEUED] += 1
+            b.reason[i] = DROP_NEIGH_QUEUED
+        else:
+            drops[DROP_NO_NEIGHBOR] += 1
+            b.reason[i] = DROP_NO_NEIGHBOR
         if self.neigh.solicit(b, i, e.port, target, m.t.family, now_ns) == 0:
             b.verdict[i] = V_FORWARD
             m.port_out = e.port
             cnt[CNT_NEIGH_SOLICIT] += 1
         else:
-            b.verdict[i] = V_DROP
+            b.verdict[i] = V_DROP  # the slot is spent either way: held copy or counted drop
         return False
 
 

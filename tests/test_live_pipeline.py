@@ -2,7 +2,7 @@
 node's own packets to a local (tap) port."""
 from scapy.all import ARP, ICMP, IP, UDP, Ether
 
-from dataplane.burst import Burst
+from dataplane.burst import DROP_REASONS, Burst
 from dataplane.config import loads
 from dataplane.tables import NodeDataplane
 from dataplane.trace import trace_record
@@ -63,19 +63,40 @@ def send(dp, pkt, port, now_ns=1_000_000_000):
     return rec, Ether(burst.frame(0))
 
 
-def test_unresolved_next_hop_is_solicited_then_used():
+def test_unresolved_next_hop_is_held_solicited_and_released():
+    """Linux's unresolved queue: the packet waits for its neighbour while its slot carries the
+    ARP request; the answer releases it into the burst that brought the answer."""
     dp = node()
     pkt = Ether(dst=UPLINK) / IP(src="192.168.0.50", dst="10.244.0.10") / UDP(dport=53)
     rec, frame = send(dp, pkt, "eth0")
-    assert (rec["verdict"], rec["reason"], rec["port"]) == ("forward", "no_neighbor", "pod1")
+    assert (rec["verdict"], rec["reason"], rec["port"]) == ("forward", "neigh_queued", "pod1")
     assert frame[ARP].op == 1 and frame[ARP].pdst == "10.244.0.10"
     assert frame[ARP].psrc == "10.244.0.1" and frame.dst == "ff:ff:ff:ff:ff:ff"
     reply = Ether(src=POD_MAC, dst=PODS) / ARP(op=2, hwsrc=POD_MAC, psrc="10.244.0.10",
                                                hwdst=PODS, pdst="10.244.0.1")
-    assert send(dp, reply, "pod1")[0]["verdict"] == "local"   # consumed by the dataplane
-    rec, frame = send(dp, pkt, "eth0")
-    assert (rec["verdict"], rec["port"]) == ("forward", "pod1")
+    burst = Burst(4)
+    burst.append(bytes(reply), port_in=dp.port_names.index("pod1"))
+    dp.pipeline.process(burst, now_ns=S)
+    assert len(burst) == 2 and burst.meta(0)["verdict"] == "local"   # the reply is consumed
+    released = Ether(burst.frame(1))
+    assert burst.meta(1)["verdict"] == "forward"
+    assert burst.meta(1)["port_out"] == dp.port_names.index("pod1")
+    assert (released.dst, released.src, released[IP].ttl) == (POD_MAC, PODS, pkt[IP].ttl - 1)
+    assert bytes(released[UDP]) == bytes(pkt[UDP])
+    rec, frame = send(dp, pkt, "eth0")                                 # resolved from now on
+    assert (rec["verdict"], rec["reason"], rec["port"]) == ("forward", None, "pod1")
     assert (frame.dst, frame.src) == (POD_MAC, PODS)
+
+
+def test_held_packets_are_dropped_when_the_neighbour_never_answers():
+    dp = node()
+    pkt = Ether(dst=UPLINK) / IP(src="192.168.0.50", dst="10.244.0.10") / UDP(dport=53)
+    send(dp, pkt, "eth0")
+    assert dp.router.neigh.stats()["held"] == 1
+    send(dp, Ether(dst=UPLINK) / IP(src="192.168.0.50", dst="192.168.0.2") / UDP(), "eth0",
+         now_ns=10 * S)                                                # any later burst
+    assert dp.router.neigh.stats()["held"] == 0
+    assert int(dp.pipeline.drops[DROP_REASONS.index("no_neighbor")]) == 1
 
 
 def test_gateway_arp_is_answered_and_the_asker_learned():

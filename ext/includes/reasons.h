@@ -22,6 +22,8 @@
   _(NOT_IP, "not_ip")                 /* ARP etc. not routed here */      \
   _(BAD_PORT, "bad_port")             /* route names an unknown port */   \
   _(NO_NEIGHBOR, "no_neighbor")       /* next hop MAC not known */        \
+  _(NEIGH_QUEUED, "neigh_queued")     /* held until the next hop resolves:\
+                                         names the slot, never counted */ \
   _(CT_FULL, "ct_full")               /* conntrack table full */          \
   _(NO_ENDPOINT, "no_endpoint")       /* service has no usable endpoint */\
   _(SRC_RANGE, "src_range")           /* loadBalancerSourceRanges */      \
@@ -56,6 +58,8 @@ static const char *const drop_reason_strings[] = {
   _(NEIGH_REPLY, "neigh_reply") /* ARP replies / NAs we answered with */   \
   _(NEIGH_LEARN, "neigh_learn") /* neighbour entries learned or refreshed */\
   _(NEIGH_SOLICIT, "neigh_solicit") /* ARP requests / NSs we sent */      \
+  _(NEIGH_QUEUED, "neigh_queued") /* packets held while resolving */      \
+  _(NEIGH_RELEASED, "neigh_released") /* held packets sent once resolved */\
   _(CT_NEW, "ct_new")           /* connections created by conntrack */    \
   _(CT_ESTABLISHED, "ct_established") /* tracked, original direction */ \
   _(CT_REPLY, "ct_reply")       /* tracked, reply direction */            \

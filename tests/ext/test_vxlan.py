@@ -174,8 +174,19 @@ def test_live_node_resolves_the_remote_vtep_by_arp():
                              .replace(f'  - {{prefix: 192.168.0.3/32, port: eth0, mac: "{UPLINK_B}"}}\n', "")),
                        live=True)
     rec, frame, _ = send(dp, POD_TO_POD, "pod1")
-    assert (rec["verdict"], rec["reason"], rec["port"]) == ("forward", "no_neighbor", "eth0")
+    # The packet is held, its slot carries the ARP request for the remote VTEP.
+    assert (rec["verdict"], rec["reason"], rec["port"]) == ("forward", "neigh_queued", "eth0")
     assert Ether(frame)[ARP].pdst == "192.168.0.3" and Ether(frame)[ARP].psrc == "192.168.0.2"
+    # The answer releases it, encapsulated, into the burst that brought the answer.
+    burst = Burst(4)
+    burst.append(bytes(Ether(src=UPLINK_B, dst=UPLINK_A) / ARP(
+        op=2, hwsrc=UPLINK_B, psrc="192.168.0.3", hwdst=UPLINK_A, pdst="192.168.0.2")),
+        port_in=dp.port_names.index("eth0"))
+    dp.pipeline.process(burst, now_ns=1_000_000_000)
+    assert len(burst) == 2 and counter(dp, "neigh_released") == 1
+    released = Ether(burst.frame(1))
+    assert released.dst == UPLINK_B and released[VXLAN].vni == 1
+    assert released[VXLAN][IP].dst == "10.244.3.10"
 
 
 def test_shared_capture_decapsulates(shared_pcaps):
