@@ -23,7 +23,7 @@ from dataplane.csum cimport csum_buf
 from dataplane.includes.bytes cimport store_be16
 from dataplane.includes.pkt cimport burst_t, pkt_reset, pkt_data, SLOT_HEADROOM, PKT_F_OVERSIZE
 from dataplane.includes.sys_net cimport *
-from dataplane.port cimport Port
+from dataplane.port cimport Port, tx_fits, tx_selected
 
 cdef extern from "<sys/mman.h>" nogil:
     enum:
@@ -267,16 +267,16 @@ cdef class AfPacketPort(Port):
         cdef int r
         if not self._grow_tx(b.cap):
             for i in range(b.n):
-                if verdict_mask >> b.verdict[i] & 1 and b.meta[i].port_out == port_index:
+                if tx_selected(b, i, port_index, verdict_mask):
                     errors += 1
             self.n_tx_errors += errors
             return 0
         for i in range(b.n):
-            if not (verdict_mask >> b.verdict[i] & 1) or b.meta[i].port_out != port_index:
+            if not tx_selected(b, i, port_index, verdict_mask):
                 continue
             d = pkt_data(b, i)
             flen = b.meta[i].len
-            if flen < ETH_HLEN or flen > <uint32_t>self.mtu + l2_hdr_len(d, flen):
+            if not tx_fits(d, flen, self.mtu):
                 errors += 1
                 continue
             v = self.iovs + 2 * m

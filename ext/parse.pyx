@@ -268,6 +268,13 @@ cdef inline uint8_t parse_l4(const uint8_t *p, uint32_t off, uint32_t end, pkt_m
     return DROP_NONE
 
 
+# Chunk type -> SCTP_F_* bit for the types that move the association's state (RFC 9260 3.2).
+cdef uint8_t SCTP_CHUNK_BIT[15]
+SCTP_CHUNK_BIT[:] = [0, SCTP_F_INIT, SCTP_F_INIT_ACK, 0, 0, 0, SCTP_F_ABORT, SCTP_F_SHUTDOWN,
+                     SCTP_F_SHUTDOWN_ACK, 0, SCTP_F_COOKIE_ECHO, SCTP_F_COOKIE_ACK, 0, 0,
+                     SCTP_F_SHUTDOWN_COMPLETE]
+
+
 cdef inline uint8_t sctp_chunk_bits(const uint8_t *sctp, uint32_t room) noexcept nogil:
     """The state-changing chunk types present (SCTP_F_*), for conntrack's SCTP tracker. Chunks
     are walked as far as the bytes present allow; a chunk length below 4 ends the walk (RFC 9260
@@ -276,22 +283,8 @@ cdef inline uint8_t sctp_chunk_bits(const uint8_t *sctp, uint32_t room) noexcept
     cdef uint8_t bits = 0, typ
     while off + 4 <= room:
         typ = sctp[off]
-        if typ == 1:
-            bits |= SCTP_F_INIT
-        elif typ == 2:
-            bits |= SCTP_F_INIT_ACK
-        elif typ == 6:
-            bits |= SCTP_F_ABORT
-        elif typ == 7:
-            bits |= SCTP_F_SHUTDOWN
-        elif typ == 8:
-            bits |= SCTP_F_SHUTDOWN_ACK
-        elif typ == 10:
-            bits |= SCTP_F_COOKIE_ECHO
-        elif typ == 11:
-            bits |= SCTP_F_COOKIE_ACK
-        elif typ == 14:
-            bits |= SCTP_F_SHUTDOWN_COMPLETE
+        if typ < sizeof(SCTP_CHUNK_BIT):
+            bits |= SCTP_CHUNK_BIT[typ]
         clen = load_be16(sctp + off + 2)
         if clen < 4:
             break

@@ -1,7 +1,19 @@
 # A live port as the worker sees it: a file descriptor to poll, and burst receive / transmit that
 # each backend (AF_PACKET, TAP) implements in C. The Python methods live here once.
-from libc.stdint cimport uint16_t, uint32_t, uint64_t
-from dataplane.includes.pkt cimport burst_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from dataplane.includes.pkt cimport burst_t, pkt_data
+from dataplane.includes.sys_net cimport ETH_HLEN, l2_hdr_len
+
+
+cdef inline bint tx_selected(burst_t *b, uint32_t i, uint16_t port_index,
+                             uint32_t verdict_mask) noexcept nogil:
+    """Frame i is for this port: its verdict is in the mask and its egress port is this one."""
+    return (verdict_mask >> b.verdict[i] & 1) and b.meta[i].port_out == port_index
+
+
+cdef inline bint tx_fits(const uint8_t *frame, uint32_t flen, int mtu) noexcept nogil:
+    """An Ethernet frame whose payload fits the MTU (VLAN tags ride on top, as on the wire)."""
+    return flen >= ETH_HLEN and flen <= <uint32_t>mtu + l2_hdr_len(frame, flen)
 
 cdef class Port:
     cdef int fd                     # -1 once closed

@@ -18,7 +18,7 @@ from posix.unistd cimport close as c_close, write
 
 from dataplane.includes.pkt cimport burst_t, pkt_reset, pkt_data, SLOT_HEADROOM, PKT_F_OVERSIZE
 from dataplane.includes.sys_net cimport *
-from dataplane.port cimport Port
+from dataplane.port cimport Port, tx_fits, tx_selected
 
 __all__ = ["TapPort"]
 
@@ -118,11 +118,11 @@ cdef class TapPort(Port):
         cdef uint8_t *d
         cdef ssize_t r
         for i in range(b.n):
-            if not (verdict_mask >> b.verdict[i] & 1) or b.meta[i].port_out != port_index:
+            if not tx_selected(b, i, port_index, verdict_mask):
                 continue
             d = pkt_data(b, i)
             flen = b.meta[i].len
-            if flen < ETH_HLEN or flen > <uint32_t>self.mtu + l2_hdr_len(d, flen):
+            if not tx_fits(d, flen, self.mtu):
                 errors += 1
                 continue
             while True:
