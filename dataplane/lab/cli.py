@@ -120,19 +120,17 @@ def _cmd_up(args) -> int:
     spec = _spec(args, args.services)
     if args.no_services:
         spec = spec.__class__(**{**spec.__dict__, "services": None})
-    state = up(spec)
-    if args.json:
-        print(json.dumps(state))
-    else:
-        print_status(state)
-    return 0
+    return _show(up(spec), args.json)
 
 
 @_guard
 def _cmd_status(args) -> int:
     from .topology import load_state
-    state = load_state(args.name)
-    if args.json:
+    return _show(load_state(args.name), args.json)
+
+
+def _show(state: dict, as_json: bool) -> int:
+    if as_json:
         print(json.dumps(state))
     else:
         print_status(state)
