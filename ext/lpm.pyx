@@ -342,6 +342,22 @@ def _int_array(a, name):
     return a
 
 
+def _bulk_routes(n, depths, nexthops, max_depth):
+    """add_bulk's depths and next hops as checked integer arrays for n routes; (None, None) when
+    there are none."""
+    depths = _int_array(depths, "depths")
+    nexthops = _int_array(nexthops, "nexthops")
+    if depths.shape[0] != n or nexthops.shape[0] != n:
+        raise ValueError("addrs, depths and nexthops must have the same length")
+    if n == 0:
+        return None, None
+    if depths.min() < 0 or depths.max() > max_depth:
+        raise ValueError(f"depths must be in [0, {max_depth}]")
+    if nexthops.min() < 0 or nexthops.max() > MAX_NEXTHOP:
+        raise ValueError(f"nexthops must be in [0, {MAX_NEXTHOP}]")
+    return depths, nexthops
+
+
 def _out_array(out, Py_ssize_t n):
     if out is None:
         return np.empty(n, dtype=np.int32)
@@ -559,17 +575,10 @@ cdef class LPM4(_LPMBase):
         before the table is touched; only running out of tbl8 groups can stop part-way."""
         if not isinstance(addrs, np.ndarray) or addrs.dtype != np.uint32 or addrs.ndim != 1:
             raise ValueError("addrs must be a 1-D numpy.uint32 array (host byte order)")
-        depths = _int_array(depths, "depths")
-        nexthops = _int_array(nexthops, "nexthops")
-        n = addrs.shape[0]
-        if depths.shape[0] != n or nexthops.shape[0] != n:
-            raise ValueError("addrs, depths and nexthops must have the same length")
-        if n == 0:
+        depths, nexthops = _bulk_routes(addrs.shape[0], depths, nexthops, 32)
+        if depths is None:
             return
-        if depths.min() < 0 or depths.max() > 32:
-            raise ValueError("depths must be in [0, 32]")
-        if nexthops.min() < 0 or nexthops.max() > MAX_NEXTHOP:
-            raise ValueError(f"nexthops must be in [0, {MAX_NEXTHOP}]")
+        n = addrs.shape[0]
         hi = addrs.astype(np.uint64) << np.uint64(32)
         d = depths.astype(np.uint8)
         bad = np.flatnonzero(hi & ~_top_bits(d))
@@ -673,17 +682,10 @@ cdef class LPM6(_LPMBase):
         clear), depths (0..128), nexthops (0..2**24-1). Everything is validated before the
         table is touched; only running out of tbl8 groups can stop part-way."""
         _check_v6_keys(addrs)
-        depths = _int_array(depths, "depths")
-        nexthops = _int_array(nexthops, "nexthops")
-        n = addrs.shape[0]
-        if depths.shape[0] != n or nexthops.shape[0] != n:
-            raise ValueError("addrs, depths and nexthops must have the same length")
-        if n == 0:
+        depths, nexthops = _bulk_routes(addrs.shape[0], depths, nexthops, 128)
+        if depths is None:
             return
-        if depths.min() < 0 or depths.max() > 128:
-            raise ValueError("depths must be in [0, 128]")
-        if nexthops.min() < 0 or nexthops.max() > MAX_NEXTHOP:
-            raise ValueError(f"nexthops must be in [0, {MAX_NEXTHOP}]")
+        n = addrs.shape[0]
         words = np.ascontiguousarray(addrs).view(">u8").astype(np.uint64)   # (N, 2) hi, lo
         hi = np.ascontiguousarray(words[:, 0])
         lo = np.ascontiguousarray(words[:, 1])
