@@ -63,7 +63,7 @@ class Worker:
         self.burst = Burst(burst_size)
         self.probes = Burst(64)
         self.stats = RunStats()
-        self._mtime = self._config_mtime()
+        self._seen = self._config_files()
         self.stop = threading.Event()
 
     def _restore_conntrack(self) -> int:
@@ -138,17 +138,19 @@ class Worker:
             for index, port in enumerate(self.ports):
                 port.tx(self.probes, index, TX_MASK)
 
-    def _config_mtime(self) -> float:
+    def _config_files(self) -> tuple:
+        """(name, mtime) of every configuration file: any file added, removed or rewritten
+        changes it."""
         paths = [self.config_path] if self.config_path.is_file() else \
             [p for p in self.config_path.iterdir() if p.suffix in (".yaml", ".yml", ".json")]
-        return max((p.stat().st_mtime for p in paths), default=0.0) + len(paths)
+        return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in paths))
 
     def _maybe_reload(self) -> None:
         """Re-apply the Kubernetes objects when a file changed; a bad file keeps the old state."""
-        mtime = self._config_mtime()
-        if mtime == self._mtime:
+        seen = self._config_files()
+        if seen == self._seen:
             return
-        self._mtime = mtime
+        self._seen = seen
         try:
             config = load(self.config_path)
             self.node.apply(config)
