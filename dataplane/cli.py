@@ -9,7 +9,9 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+from dataplane.control import DEFAULT_SOCKET
 from dataplane.lab.cli import register as register_lab
+from dataplane.opscli import register as _register_operator_commands
 
 __all__ = ["main"]
 
@@ -21,6 +23,8 @@ class CliError(Exception):
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    from dataplane.logs import setup_logging
+    setup_logging(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -37,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dataplane", description=(
         "Userspace Kubernetes node dataplane: routing, conntrack and Service NAT "
         "over bursts of frames."))
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more log detail on stderr (-v: sync steps, -vvvv: every sync)")
     sub = p.add_subparsers(metavar="COMMAND", dest="command")
 
     r = sub.add_parser("replay", help="run a capture through the pipeline",
@@ -67,13 +74,29 @@ def _parser() -> argparse.ArgumentParser:
                          description="Attach to the ports CONFIG names (AF_PACKET on existing "
                                      "interfaces, TAP devices created or attached by name) and "
                                      "forward until SIGINT/SIGTERM, then print the counters. "
-                                     "Kubernetes objects in CONFIG are re-applied when its files "
-                                     "change.")
+                                     "Services, EndpointSlices, ServiceCIDRs and this node's Node "
+                                     "come from the API server (list + watch) when a kubeconfig "
+                                     "is given or found, else from CONFIG's files, which are "
+                                     "watched. SIGHUP forces a full resync.")
     run.add_argument("--config", required=True, type=Path, metavar="CONFIG",
-                     help="YAML/JSON file or directory of configuration objects")
+                     help="YAML/JSON file or directory: DataplaneConfiguration, "
+                          "KubeProxyConfiguration (and, without an API server, the Kubernetes objects)")
+    run.add_argument("--kubeconfig", metavar="FILE",
+                     help="API server to watch (default: clientConnection.kubeconfig, else the "
+                          "in-cluster service account when running in a pod)")
+    run.add_argument("--hostname-override", metavar="NAME",
+                     help="this node's name: the DataplaneConfiguration's nodeName must match")
+    run.add_argument("--control-socket", type=Path, default=DEFAULT_SOCKET, metavar="PATH",
+                     help=f"Unix socket for `dataplane services|conntrack|stats|monitor` "
+                          f"(default: {DEFAULT_SOCKET}; mode 0600)")
+    run.add_argument("--healthz-bind-address", metavar="ADDR:PORT",
+                     help="kube-proxy's /healthz and /livez (default: healthzBindAddress, 0.0.0.0:10256)")
+    run.add_argument("--metrics-bind-address", metavar="ADDR:PORT",
+                     help="Prometheus /metrics (default: metricsBindAddress, 127.0.0.1:10249; "
+                          "empty disables)")
     run.add_argument("--json", action="store_true", help="print the exit counters as JSON")
     run.add_argument("--stats-file", type=Path, metavar="FILE",
-                     help="rewrite FILE with the counters as JSON every second")
+                     help="rewrite FILE with the counters as JSON every second (mode 0600)")
     run.add_argument("--burst-size", type=int, default=256, metavar="N",
                      help="frames per burst (default: 256)")
     run.add_argument("--trace", type=Path, metavar="TRACE.jsonl",
@@ -83,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
                           "exit, so connections survive a restart")
     run.set_defaults(func=_cmd_run)
 
+    _register_operator_commands(sub)
     register_lab(sub)
 
     d = sub.add_parser("demo", help="replay the built-in example capture and show the counters",
@@ -92,6 +116,14 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="print the counters as one JSON object")
     d.set_defaults(func=_cmd_demo)
     return p
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("k8s-dataplane")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _load(path: Path):
@@ -126,22 +158,29 @@ def _cmd_replay(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from dataplane.worker import Worker, install_signal_handlers
     from dataplane.trace import TraceWriter
-    config = _load_node(args.config)  # errors are reported before any port is touched
+    from dataplane.worker import RunOptions, Worker, install_signal_handlers
     with contextlib.ExitStack() as stack:
         trace = None
         if args.trace is not None:
-            trace = TraceWriter(stack.enter_context(open(args.trace, "w", buffering=1)),
-                                [p.name for p in config.dataplane.ports])
+            ports = [p.name for p in _load_node(args.config).dataplane.ports]
+            trace = TraceWriter(stack.enter_context(open(args.trace, "w", buffering=1)), ports)
+        options = RunOptions(args.burst_size, args.stats_file, trace, args.conntrack_file, args.kubeconfig,
+                             args.hostname_override, args.control_socket, args.healthz_bind_address,
+                             args.metrics_bind_address)
         try:
-            worker = Worker(args.config, args.burst_size, args.stats_file, trace,
-                            args.conntrack_file)
+            worker = Worker(args.config, options)
+        except ValueError as exc:
+            raise CliError(f"{args.config}: {exc}") from None
         except OSError as exc:
             raise CliError(f"cannot open ports: {exc}") from None
         stack.callback(worker.close)
         install_signal_handlers(worker)
-        worker.run()
+        try:
+            worker.run()
+        except (OSError, ValueError) as exc:
+            worker.save_conntrack()
+            raise CliError(str(exc)) from None
         worker.save_conntrack()
         summary = worker.counters()
     if args.json:

@@ -385,6 +385,30 @@ class Proxier:
         return out
 
 
+    # ---- views (control socket) ----
+
+    def programmed(self) -> list[dict]:
+        """The Services as installed in the table: each frontend with the endpoints a new
+        connection to it may reach (the node-local set for a Local policy)."""
+        out = []
+        for (namespace, name), ports in sorted(self._installed.items()):
+            service = self._services.get((namespace, name))
+            frontends = []
+            for port_key, st in ports.items():
+                for addr, port, proto, flags, _ in st.frontends:
+                    eps = st.local if flags & FE_LOCAL else st.cluster
+                    frontends.append({
+                        "ip": str(addr), "port": port, "protocol": proto, "portName": port_key[2],
+                        "kind": _frontend_kind(service, addr, port),
+                        "endpoints": [{"ip": str(ipaddress.ip_address(ip)), "port": p} for ip, p in eps]})
+            out.append({"namespace": namespace, "name": name, "frontends": frontends})
+        return out
+
+    def service_ids(self, namespace: str, name: str) -> set[int]:
+        """Table service ids (as conntrack entries carry them) of one Service's ports."""
+        return {self.lb.service_key_id(k) for k in self._installed.get((namespace, name), {}) if k in self.lb}
+
+
 
 def _key(obj) -> tuple[str, str]:
     return (obj.namespace, obj.name)
@@ -421,3 +445,13 @@ def _categorize(eps, uses_local: bool, zone: str | None) -> tuple[tuple, tuple]:
     if uses_local:
         local = [e for e in eps if e[5] and e[2]] or [e for e in eps if e[5] and e[3] and e[4]]
     return tuple((e[0], e[1]) for e in cluster), tuple((e[0], e[1]) for e in local)
+
+
+def _frontend_kind(service, addr, port) -> str:
+    if service is None or addr in service.cluster_ips:
+        return "ClusterIP"
+    if addr in service.external_ips:
+        return "ExternalIP"
+    if addr in service.load_balancer_ips:
+        return "LoadBalancer"
+    return "NodePort"

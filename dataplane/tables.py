@@ -5,6 +5,7 @@ onto LPM entries, next hops, the conntrack table and the Service tables.
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 
@@ -15,7 +16,7 @@ from dataplane.ctnat import CtNat
 from dataplane.lpm import LPM4, LPM6
 from dataplane.neigh import Neighbours
 from dataplane.pipeline import Pipeline
-from dataplane.proxier import Proxier
+from dataplane.proxier import FLUSHED_PROTOCOLS, Proxier
 from dataplane.route import NH_LOCAL, Router
 from dataplane.vxlan import VxlanDecap
 
@@ -113,7 +114,7 @@ class NodeDataplane:
         self._announced: set = set()
         if live:
             self.router.set_neighbours(build_neighbours(dp))
-            self._announce(config)
+            self._announce(config.services)
         self.pipeline = Pipeline(self.router, len(dp.ports), self.ctnat, build_vxlan(dp))
 
     def attach_ports(self, ports) -> None:
@@ -122,20 +123,51 @@ class NodeDataplane:
             index = self.port_names.index(self.dp.local_port)
             self.router.set_local(index, ports[index].kernel_mac, self.dp.ports[index].mac)
 
-    def apply(self, config):
-        """Load a new set of Services and EndpointSlices; the pipeline uses it from the next burst."""
-        result = self.proxier.apply(config)
-        self.ctnat.set_lb(self.proxier.lb)
-        self._announce(config)
+    def apply(self, config, pause=contextlib.nullcontext):
+        """Program exactly the Services and EndpointSlices of `config` (a full sync).
+
+        The new table generation is built while the pipeline keeps using the old one; `pause`
+        (the engine's, in live mode) brackets only the swap and the conntrack flush of endpoints
+        that went away, so forwarding stops for the swap, not for the build."""
+        conntrack, self.proxier.conntrack = self.proxier.conntrack, None   # flushed below, paused
+        try:
+            result = self.proxier.apply(config)
+        finally:
+            self.proxier.conntrack = conntrack
+        old = self.ctnat.lb
+        with pause():
+            self.ctnat.set_lb(self.proxier.lb)
+            result.flushed += self._flush_stale(result.stale_endpoints)
+            self._announce(config.services)
+        del old   # the old generation is freed here, after the pipeline let go of it
         return result
 
-    def _announce(self, config) -> None:
+    def sync(self, pause=contextlib.nullcontext, services=None):
+        """Apply the changes recorded by the proxier's handlers (on_service, on_endpoint_slice)
+        in place, with the pipeline parked; `services` (all current ones) refreshes the
+        addresses answered for on the network when Services changed."""
+        with pause():
+            result = self.proxier.sync()
+            self.ctnat.set_lb(self.proxier.lb)
+            if services is not None:
+                self._announce(services)
+        return result
+
+    def _flush_stale(self, stale) -> int:
+        flushed = 0
+        for ip, port, protocol in stale:
+            proto = FLUSHED_PROTOCOLS.get(protocol)
+            if proto is not None:
+                flushed += self.conntrack.flush(ip, port, proto) or 0
+        return flushed
+
+    def _announce(self, services) -> None:
         """Answer ARP / NS for the Services' LoadBalancer and external IPs on the ports facing
         the network (as MetalLB's layer-2 mode does), so clients on the link can reach them."""
         neigh = self.router.neigh
         if neigh is None:
             return
-        wanted = {ip for svc in config.services for ip in (*svc.load_balancer_ips, *svc.external_ips)}
+        wanted = {ip for svc in services for ip in (*svc.load_balancer_ips, *svc.external_ips)}
         ports = [p for p in self.dp.ports if not p.proxy_arp and p.name != self.dp.local_port]
         for port in ports:
             for ip in self._announced - wanted - set(port.addresses):
@@ -143,12 +175,6 @@ class NodeDataplane:
             for ip in wanted - self._announced:
                 neigh.add_owned(port.index, ip)
         self._announced = wanted
-
-    def sync(self):
-        """Apply the changes recorded by the proxier's handlers (on_service, on_endpoint_slice)."""
-        result = self.proxier.sync()
-        self.ctnat.set_lb(self.proxier.lb)
-        return result
 
 
 def _lpm_for(router: Router, version: int):

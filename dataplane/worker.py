@@ -1,14 +1,21 @@
-"""`dataplane run`: the live forwarding loop over the ports a configuration names.
+"""`dataplane run`: a node's dataplane, as threads with one job each.
 
-One thread polls every port; a ready port's ring is drained a burst at a time, each burst goes
-through the pipeline once and is transmitted on every port it addresses (one batched send per
-port). The configuration directory is watched: changed Kubernetes objects are applied between
-bursts, so Services and EndpointSlices change without a restart and without losing conntrack.
+    forwarding   Engine.run(): ports -> pipeline -> ports, nogil, never waits for Python
+    sync         ControlPlane: object events -> proxier -> table generations, swapped in while
+                 the forwarding thread is parked between two bursts
+    sources      FileSource (the config directory) or ApiSource (list/watch of the API server)
+    servers      /healthz + /livez, /metrics, health-check NodePorts, the control socket
+    main         signals, the stats file, shutdown (conntrack saved last)
+
+The DataplaneConfiguration and KubeProxyConfiguration come from the config path and are read
+once; Services, EndpointSlices, ServiceCIDRs and Nodes come from the API server when one is
+configured (--kubeconfig, clientConnection.kubeconfig, or in-cluster), else from the same files.
 """
 from __future__ import annotations
 
 import json
-import select
+import logging
+import os
 import signal
 import subprocess
 import threading
@@ -16,171 +23,290 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataplane.burst import COUNTERS, DROP_REASONS, VERDICT, Burst
-from dataplane.config import ConfigError, load
+from dataplane.burst import COUNTERS, DROP_REASONS
+from dataplane.config import load
+from dataplane.config.loader import Config
+from dataplane.controlplane import ControlPlane
+from dataplane.engine import Engine
 from dataplane.io import open_port
 from dataplane.tables import NodeDataplane
-from dataplane.trace import TraceWriter
 
-__all__ = ["Worker", "RunStats"]
+__all__ = ["Worker", "RunOptions", "install_signal_handlers"]
 
-# Frames that leave a port: forwarded, rejected (the answer), and local ones when a local port
-# (a tap into the node's stack) is configured.
-TX_MASK = (1 << VERDICT["forward"]) | (1 << VERDICT["reject"]) | (1 << VERDICT["local"])
-RELOAD_INTERVAL_S = 1.0
-MAX_BURSTS_PER_WAKEUP = 16  # one busy port must not starve the others or the config watch
+log = logging.getLogger("dataplane.run")
+
+STATS_INTERVAL_S = 1.0
+INITIAL_SYNC_WAIT_S = 10.0   # forward (routing) even if the API server has not answered by then
+
+
+@dataclass
+class RunOptions:
+    burst_size: int = 256
+    stats_file: Path | None = None
+    trace: object = None                   # TraceWriter
+    conntrack_file: Path | None = None
+    kubeconfig: str | None = None          # --kubeconfig (wins over clientConnection.kubeconfig)
+    node_name: str | None = None           # --hostname-override
+    control_socket: Path | None = None
+    healthz_bind_address: str | None = None   # None: the KubeProxyConfiguration's (or default)
+    metrics_bind_address: str | None = None
+    file_poll_interval: float = 0.25
 
 
 @dataclass
 class RunStats:
-    bursts: int = 0
-    packets: int = 0
-    reloads: int = 0
-    reload_errors: list[str] = field(default_factory=list)
     port_errors: list[str] = field(default_factory=list)  # ports that failed and were dropped
 
 
 class Worker:
-    def __init__(self, config_path: Path, burst_size: int = 256, stats_file: Path | None = None,
-                 trace: TraceWriter | None = None, conntrack_file: Path | None = None):
+    def __init__(self, config_path: Path, options: RunOptions | None = None):
+        self.options = opts = options or RunOptions()
         self.config_path = Path(config_path)
-        self.stats_file = stats_file
-        self.trace = trace
-        self.conntrack_file = conntrack_file
-        config = load(self.config_path)
-        self.node = NodeDataplane(config, live=True)
+        self.stop_event = threading.Event()
+        self.stats = RunStats()
+        self.ports = []
+        self.claimed = None
+        self.servers: list = []
+        config = _node_config(load(self.config_path, strict=False), opts.node_name)
+        self.node_name = config.node_name
+        self.startup_problems = [str(p) for p in config.problems]
+        for p in self.startup_problems:
+            log.warning("%s", p)
+        self.kube_proxy = config.kube_proxy
+        # Tables start empty: every Service arrives through the control plane, the same way in
+        # file and API mode.
+        self.node = NodeDataplane(Config(dataplane=config.dataplane, kube_proxy=config.kube_proxy), live=True)
         self.restored = self._restore_conntrack()
         dp = config.dataplane
-        self.ports = []
         try:
-            for i, port in enumerate(dp.ports):
+            for port in dp.ports:
                 self.ports.append(open_port(port))
+            self.node.attach_ports(self.ports)
+            self.node.live_ports = self.ports
+            self.claimed = claim_interfaces(dp) if dp.local_port is not None else None
+            self.engine = Engine(self.node.pipeline, self.ports, opts.burst_size, opts.trace)
         except BaseException:
             self.close()
             raise
-        self.node.attach_ports(self.ports)
-        self.claimed = claim_interfaces(dp) if dp.local_port is not None else None
-        self.burst = Burst(burst_size)
-        self.probes = Burst(64)
-        self.stats = RunStats()
-        self._seen = self._config_files()
-        self.stop = threading.Event()
+        self.metrics = None
+        self.health = None
+        self.control = None
+        self.sources = []
+        self.cp: ControlPlane | None = None
+        self._forwarder = threading.Thread(target=self.engine.run, name="forwarding", daemon=True)
 
-    def _restore_conntrack(self) -> int:
-        """Connections tracked by a previous run carry on (a missing or foreign file: none)."""
-        if self.conntrack_file is None or not self.conntrack_file.exists():
-            return 0
+    # ---- lifecycle ----
+
+    def start(self) -> None:
+        """Sources, control plane and servers; then forwarding once the first sync is done (or
+        INITIAL_SYNC_WAIT_S passed: routing must not wait for an unreachable API server)."""
+        from dataplane.metrics import Metrics
+        opts, kp = self.options, self.kube_proxy
+        self.metrics = Metrics()
+        self.metrics.add_dataplane(self.node, self.engine)
+        self.health = _proxy_health(kp, opts, self.node.proxier)
+        self.cp = ControlPlane(self.node, self.engine.paused, metrics=self.metrics, health=self.health,
+                               sync_period=_kp(kp, "sync_period", 30.0),
+                               min_sync_period=_kp(kp, "min_sync_period", None) or 0.0, kube_proxy=kp)
+        self._start_servers()
+        kubeconfig = opts.kubeconfig or _kubeconfig_of(kp)
+        if kubeconfig or _in_cluster():
+            from dataplane.k8s.client import connect
+            from dataplane.k8s.informer import ApiSource
+            cc = getattr(kp, "client_connection", None)
+            connection = connect(kubeconfig, getattr(cc, "qps", 5.0), getattr(cc, "burst", 10))
+            log.info("watching the API server %s (%s)", connection.host, connection.source)
+            self.sources = [ApiSource(connection, self.node_name, self.cp.submit)]
+        else:
+            from dataplane.filesource import FileSource
+            self.sources = [FileSource(self.config_path, self.cp.submit, opts.file_poll_interval)]
+        self.cp.start(self.sources)
+        for s in self.sources:
+            s.start()
+        if not self.cp.synced.wait(INITIAL_SYNC_WAIT_S):
+            log.warning("no initial sync after %.0fs: forwarding without Services until the sources answer",
+                        INITIAL_SYNC_WAIT_S)
+        self._forwarder.start()
+
+    def run(self) -> RunStats:
+        """Start everything and serve until stop() (SIGINT/SIGTERM); returns on shutdown."""
+        self.start()
         try:
-            return self.node.conntrack.restore(str(self.conntrack_file), time.time_ns())
-        except ValueError:
-            return 0
+            while not self.stop_event.wait(STATS_INTERVAL_S):
+                self._housekeeping()
+        finally:
+            self.shutdown()
+        return self.stats
 
-    def save_conntrack(self) -> None:
-        if self.conntrack_file is not None:
-            self.node.conntrack.save(str(self.conntrack_file))
+    def stop(self) -> None:
+        self.stop_event.set()
 
-    def close(self):
-        if getattr(self, "claimed", None):
+    def shutdown(self) -> None:
+        for s in self.sources:
+            s.stop()
+        if self.cp is not None:
+            self.cp.stop()
+        self.engine.stop()
+        if self._forwarder.is_alive():
+            self._forwarder.join(10)
+        for server in self.servers:
+            server.stop()
+        self.servers = []
+        self._housekeeping()
+
+    def close(self) -> None:
+        if self.claimed:
             release_interfaces(self.claimed)
             self.claimed = None
         for port in self.ports:
             port.close()
         self.ports = []
 
-    def run(self) -> RunStats:
-        """Forward until `stop` is set (SIGINT/SIGTERM in `dataplane run`)."""
-        poller = select.epoll()
-        by_fd = {}
-        for i, port in enumerate(self.ports):
-            poller.register(port.fileno(), select.EPOLLIN)
-            by_fd[port.fileno()] = i
-        next_reload = time.monotonic() + RELOAD_INTERVAL_S
+    def _start_servers(self) -> None:
+        from dataplane.control import ControlServer
+        from dataplane.metrics import MetricsServer, parse_bind_address
+        opts, kp = self.options, self.kube_proxy
+        metrics_bind = opts.metrics_bind_address or _kp(kp, "metrics_bind_address", "127.0.0.1:10249")
+        hard_fail = bool(_kp(kp, "bind_address_hard_fail", False))
+        if metrics_bind:   # kube-proxy: empty disables
+            self._serve("metrics", lambda: MetricsServer(self.metrics, parse_bind_address(metrics_bind, 10249)),
+                        hard_fail)
+        if self.health is not None:
+            self._serve("healthz", lambda: self.health, hard_fail)
+        if opts.control_socket is not None:
+            self._serve("control socket", lambda: ControlServer(opts.control_socket, self), True)
+
+    def _serve(self, what: str, make, hard_fail: bool) -> None:
+        """kube-proxy logs a port it cannot bind and carries on, unless bindAddressHardFail."""
         try:
-            while not self.stop.is_set():
-                for fd, events in poller.poll(0.1):
-                    if events & (select.EPOLLERR | select.EPOLLHUP):
-                        # The interface went away (e.g. its pod was deleted): stop polling it
-                        # instead of spinning on the error; the other ports carry on.
-                        poller.unregister(fd)
-                        self.stats.port_errors.append(self.node.port_names[by_fd[fd]])
-                        continue
-                    self._drain(by_fd[fd])
-                if time.monotonic() >= next_reload:
-                    self._maybe_reload()
-                    self._probe_neighbours()
-                    self._write_stats()
-                    next_reload = time.monotonic() + RELOAD_INTERVAL_S
-        finally:
-            poller.close()
-        return self.stats
-
-    def _drain(self, index: int) -> None:
-        port, burst, pipeline = self.ports[index], self.burst, self.node.pipeline
-        for _ in range(MAX_BURSTS_PER_WAKEUP):
-            n = port.rx(burst, index)
-            if n == 0:
-                return
-            pipeline.process(burst, time.time_ns())
-            if self.trace is not None:
-                self.trace.write(burst)
-            for out_index, out in enumerate(self.ports):
-                out.tx(burst, out_index, TX_MASK)
-            self.stats.bursts += 1
-            self.stats.packets += n
-            if n < burst.capacity:
-                return
-
-    def _probe_neighbours(self) -> None:
-        """Unicast probes for the neighbours in use that went stale, so they are confirmed
-        before they expire (one per neighbour a second at most)."""
-        neigh = self.node.router.neigh
-        if neigh.probe_stale_into(self.probes, time.time_ns()):
-            for index, port in enumerate(self.ports):
-                port.tx(self.probes, index, TX_MASK)
-
-    def _config_files(self) -> tuple:
-        """(name, mtime) of every configuration file: any file added, removed or rewritten
-        changes it."""
-        paths = [self.config_path] if self.config_path.is_file() else \
-            [p for p in self.config_path.iterdir() if p.suffix in (".yaml", ".yml", ".json")]
-        return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in paths))
-
-    def _maybe_reload(self) -> None:
-        """Re-apply the Kubernetes objects when a file changed; a bad file keeps the old state."""
-        seen = self._config_files()
-        if seen == self._seen:
+            server = make().start()
+        except OSError as exc:
+            if hard_fail:
+                raise
+            log.error("cannot start the %s server: %s", what, exc)
             return
-        self._seen = seen
-        try:
-            config = load(self.config_path)
-            self.node.apply(config)
-            self.stats.reloads += 1
-            if config.dataplane != self.node.dp:
-                self.stats.reload_errors.append(
-                    "DataplaneConfiguration changed: ports and routes take effect at restart")
-        except (ConfigError, OSError) as exc:
-            self.stats.reload_errors.append(str(exc))
+        self.servers.append(server)
+
+    # ---- periodic ----
+
+    def _housekeeping(self) -> None:
+        for index in self.engine.dead_ports():
+            name = self.node.port_names[index]
+            if name not in self.stats.port_errors:
+                log.warning("port %s: interface went away; dropped", name)
+                self.stats.port_errors.append(name)
+        self._write_stats()
 
     def _write_stats(self) -> None:
-        """Atomically replace the stats file, so a reader never sees half of it."""
-        if self.stats_file is None:
+        """Atomically replace the stats file (mode 0600, never through a symlink), so a reader
+        never sees half of it."""
+        path = self.options.stats_file
+        if path is None:
             return
-        tmp = self.stats_file.with_name(self.stats_file.name + ".tmp")
-        tmp.write_text(json.dumps(self.counters()))
-        tmp.replace(self.stats_file)
+        write_private(path, json.dumps(self.counters()).encode())
+
+    # ---- conntrack state ----
+
+    def _restore_conntrack(self) -> int:
+        """Connections tracked by a previous run carry on (no file: none; a bad one is
+        reported and ignored)."""
+        path = self.options.conntrack_file
+        if path is None or not path.exists():
+            return 0
+        try:
+            return self.node.conntrack.restore(str(path), time.time_ns())
+        except (ValueError, OSError) as exc:
+            log.warning("conntrack state %s not restored: %s", path, exc)
+            return 0
+
+    def save_conntrack(self) -> None:
+        if self.options.conntrack_file is not None:
+            try:
+                self.node.conntrack.save(str(self.options.conntrack_file))
+            except OSError as exc:
+                log.error("cannot save the conntrack state to %s: %s", self.options.conntrack_file, exc)
+
+    # ---- views ----
 
     def counters(self) -> dict:
         pipeline = self.node.pipeline
+        cp = self.cp
+        engine = self.engine.stats()
         return {
-            "packets": self.stats.packets, "bursts": self.stats.bursts,
-            "reloads": self.stats.reloads, "reload_errors": self.stats.reload_errors,
-            "port_errors": self.stats.port_errors,
+            "packets": engine["packets"], "bursts": engine["bursts"],
+            "syncs": dict(cp.syncs) if cp else {}, "reloads": sum(cp.syncs.values()) if cp else 0,
+            "reload_errors": (cp.errors + self._source_problems()) if cp else [],
+            "warnings": list(cp.warnings) if cp else [],
+            "port_errors": list(self.stats.port_errors),
             "counters": dict(zip(COUNTERS, map(int, pipeline.counters))),
             "drops": {k: int(v) for k, v in zip(DROP_REASONS, pipeline.drops) if k != "none" and v},
             "ports": {p.name: {**self.ports[i].stats(), "tx_pipeline": int(pipeline.port_tx[i])}
                       for i, p in enumerate(self.node.dp.ports)} if self.ports else {},
             "conntrack": len(self.node.conntrack), "conntrack_restored": self.restored,
+            "engine": engine,
         }
+
+    def _source_problems(self) -> list[str]:
+        out = []
+        for s in self.sources:
+            problems = s.problems
+            for v in problems.values():
+                out.extend(v if isinstance(v, list) else [v])
+        return out[-100:]
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically, readable by root only, without following a symlink
+    planted at the temporary name or the path itself (the rename replaces a link, never its target)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _node_config(config: Config, node_name: str | None) -> Config:
+    if config.dataplane is None:
+        raise ValueError("no valid DataplaneConfiguration object (ports and routes)"
+                         + "".join(f"\n{p}" for p in config.problems))
+    if node_name and config.dataplane.node_name != node_name:
+        raise ValueError(f"the DataplaneConfiguration is for node {config.dataplane.node_name!r}, "
+                         f"not {node_name!r}")
+    return config
+
+
+def _kp(kp, attr: str, default):
+    value = getattr(kp, attr, None) if kp is not None else None
+    return default if value is None else value
+
+
+def _kubeconfig_of(kp) -> str | None:
+    cc = getattr(kp, "client_connection", None)
+    return getattr(cc, "kubeconfig", None) or None
+
+
+def _in_cluster() -> bool:
+    from dataplane.k8s.client import IN_CLUSTER_ENV
+    return all(os.environ.get(k) for k in IN_CLUSTER_ENV) and Path(
+        "/var/run/secrets/kubernetes.io/serviceaccount/token").exists()
+
+
+def _proxy_health(kp, opts: RunOptions, proxier):
+    """kube-proxy's /healthz and /livez server, when the health-check module is available."""
+    try:
+        from dataplane.healthcheck import ProxyHealth
+    except ImportError:
+        return None
+    from dataplane.metrics import parse_bind_address
+    bind = opts.healthz_bind_address or _kp(kp, "healthz_bind_address", "0.0.0.0:10256")
+    host, port = parse_bind_address(bind, 10256)
+    return ProxyHealth(f"{host}:{port}" if ":" not in host else f"[{host}]:{port}",
+                       2 * _kp(kp, "sync_period", 30.0))
 
 
 NFT_TABLE = "dataplane"
@@ -212,8 +338,20 @@ def release_interfaces(table: str) -> None:
     subprocess.run(["nft", "delete", "table", "netdev", table], capture_output=True)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)
+
+
 def install_signal_handlers(worker: Worker) -> None:
-    def handler(signum, frame):
-        worker.stop.set()
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    """Every terminating signal stops the node cleanly (counters printed, conntrack saved);
+    SIGHUP rebuilds the tables from the current objects, like a forced full sync."""
+    def stop(signum, frame):
+        log.info("%s: shutting down", signal.Signals(signum).name)
+        worker.stop()
+
+    def hup(signum, frame):
+        log.info("SIGHUP: full resync")
+        if worker.cp is not None:
+            worker.cp.request_full_sync()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, stop)
+    signal.signal(signal.SIGHUP, hup)

@@ -666,6 +666,13 @@ cdef class Conntrack:
         return [self._entry_dict(i) for i in range(self.hwm)
                 if self.ent[i].state != CT_STATE_FREE]
 
+    def entries_range(self, uint32_t start, uint32_t count):
+        """(entries of slots [start, start + count) as dicts, the next start or None at the
+        end): lets a reader walk a live table in short steps between bursts."""
+        cdef uint32_t stop = min(self.hwm, start + count)
+        out = [self._entry_dict(i) for i in range(start, stop) if self.ent[i].state != CT_STATE_FREE]
+        return out, (stop if stop < self.hwm else None)
+
     def sweep(self, uint64_t now_ns, uint32_t budget):
         return self.ct_sweep(now_ns, budget)
 

@@ -336,3 +336,12 @@ def loads(text: str, source: str = "<string>", strict: bool = True) -> Config:
     builder = _Builder()
     builder.add_text(text, source)
     return builder.finish(strict)
+
+
+def parse_object(data: Any, source: str = "<api>") -> tuple[str | None, Any, tuple[Problem, ...], tuple[Problem, ...]]:
+    """One decoded object (as a watch event carries it) -> (Config attribute, parsed object,
+    problems, warnings). The object is None when it is invalid or of a kind we do not use."""
+    builder = _Builder()
+    builder._add_object(data, (), source, 0, None)
+    attr, objs = next(iter(builder.objects.items()), (None, ()))
+    return attr, (objs[0] if objs else None), tuple(builder.problems), tuple(builder.warnings)

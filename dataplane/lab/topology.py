@@ -390,7 +390,8 @@ def _start_dataplane(lab: str, node: dict) -> int:
     # The conntrack file lives next to the node's config: a restarted dataplane reloads it.
     conntrack = Path(node["configDir"]).parent / "conntrack.state"
     argv = _python() + ["-m", "dataplane.cli", "run", "--config", node["configDir"], "--stats-file", node["stats"],
-                        "--conntrack-file", str(conntrack)]
+                        "--conntrack-file", str(conntrack),
+                        "--control-socket", str(Path(node["configDir"]).parent / "control.sock")]
     return start_process(lab, node["netns"], argv, Path(node["log"]))
 
 

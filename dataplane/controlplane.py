@@ -1,0 +1,212 @@
+"""The control plane's sync loop: object events in, table generations out, off the forwarding
+thread (kube-proxy's proxier SyncRunner, without the rule programs).
+
+    cp = ControlPlane(node, engine.paused, metrics=Metrics())
+    source = FileSource(path, cp.submit)      # or ApiSource(connection, node_name, cp.submit)
+    cp.start(sources=[source])
+
+- Events are batched: everything queued when the loop wakes up is applied in one sync.
+- Until every source has listed once, nothing is programmed; then one full sync builds the whole
+  table generation and swaps it in (kube-proxy waits for its informers the same way).
+- Later batches go through the proxier's change trackers (a change that ends where it started
+  is dropped) and a partial sync, done with the forwarding thread parked between two bursts.
+  A batch touching many Services (a relist after an outage) is a full sync instead: the new
+  generation is built while forwarding goes on, and only the swap is done parked.
+- A full sync also runs every `sync_period` seconds; `min_sync_period` (when configured) spaces
+  syncs out. Health (kube-proxy's /healthz) is told when updates are queued and when applied.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from typing import Callable
+
+from dataplane.config.loader import Config
+from dataplane.events import ObjectEvent
+
+__all__ = ["ControlPlane"]
+
+log = logging.getLogger("dataplane.sync")
+
+FULL_SYNC_THRESHOLD = 256   # Services touched by one batch beyond which a rebuild is cheaper
+MAX_BATCH = 4096             # events applied in one partial sync (bounds the time parked)
+
+
+class ControlPlane:
+    def __init__(self, node, pause: Callable = contextlib.nullcontext, *, metrics=None, health=None,
+                 sync_period: float = 30.0, min_sync_period: float = 0.0, kube_proxy=None):
+        self.node = node
+        self.pause = pause
+        self.metrics = metrics
+        self.health = health
+        self.sync_period = sync_period
+        self.min_sync_period = min_sync_period
+        self.kube_proxy = kube_proxy
+        self.sources: list = []
+        self.objects: dict[str, dict] = {}     # what the tables were built from
+        self.queue: "queue.SimpleQueue[list[ObjectEvent]]" = queue.SimpleQueue()
+        self.synced = threading.Event()       # the first full sync is done
+        self.syncs = {"full": 0, "partial": 0}
+        self.last_sync_s: float | None = None
+        self.errors: list[str] = []           # recent sync errors (bounded)
+        self.warnings: list[str] = []
+        self.latencies_ns: list[int] = []     # event received -> visible, for the benchmark
+        self._full_requested = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sync", daemon=True)
+
+    # ---- feeding it ----
+
+    def submit(self, events: list[ObjectEvent]) -> None:
+        """Called by sources from their own threads."""
+        if events:
+            self.queue.put(events)
+            if self.health is not None:
+                self.health.queued_update()
+            if self.metrics is not None:
+                self.metrics.last_queued.set_to_current_time()
+
+    def request_full_sync(self) -> None:
+        """SIGHUP / operator: rebuild everything from the current objects at the next wakeup."""
+        self._full_requested = True
+        self.queue.put([])
+
+    def start(self, sources=()) -> "ControlPlane":
+        self.sources = list(sources)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.queue.put([])
+        self._thread.join(10)
+
+    # ---- the loop ----
+
+    def _run(self) -> None:
+        next_full = None
+        while not self._stop.is_set():
+            timeout = None if next_full is None else max(0.0, next_full - time.monotonic())
+            try:
+                batch = self.queue.get(timeout=min(timeout, 0.5) if timeout is not None else 0.5)
+            except queue.Empty:
+                batch = None
+            if self._stop.is_set():
+                break
+            events = list(batch or ())
+            while len(events) < MAX_BATCH:
+                try:
+                    events.extend(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._record(events)
+            if not self.synced.is_set():
+                if all(s.synced() for s in self.sources):
+                    self._sync(full=True, events=events)
+                    self.synced.set()
+                    next_full = time.monotonic() + self.sync_period
+                continue
+            due = next_full is not None and time.monotonic() >= next_full
+            if events or due or self._full_requested:
+                self._sync(full=due or self._full_requested, events=events)
+                if due or self._full_requested:
+                    next_full = time.monotonic() + self.sync_period
+                self._full_requested = False
+                if self.min_sync_period:
+                    self._stop.wait(self.min_sync_period)
+
+    def _record(self, events: list[ObjectEvent]) -> None:
+        """Keep the object set current and feed the proxier's change trackers."""
+        proxier = self.node.proxier
+        for ev in events:
+            table = self.objects.setdefault(ev.attr, {})
+            if ev.new is None:
+                table.pop(ev.key, None)
+            else:
+                table[ev.key] = ev.new
+            if ev.attr == "services":
+                proxier.on_service(ev.old, ev.new)
+                if self.metrics is not None:
+                    self.metrics.service_changes.inc()
+            elif ev.attr == "endpoint_slices":
+                proxier.on_endpoint_slice(ev.old, ev.new)
+                if self.metrics is not None:
+                    self.metrics.endpoint_changes.inc()
+            elif ev.attr in ("dataplane", "kube_proxy") and ev.old is not None:
+                self._warn(f"{'DataplaneConfiguration' if ev.attr == 'dataplane' else 'KubeProxyConfiguration'} "
+                           "changed: it takes effect when `dataplane run` restarts")
+            elif ev.attr == "service_cidrs" and hasattr(proxier, "on_service_cidr"):
+                proxier.on_service_cidr(ev.old, ev.new)
+            elif ev.attr == "nodes" and ev.key[1] == proxier.node_name:
+                if hasattr(proxier, "on_node"):
+                    proxier.on_node(ev.old, ev.new)
+                else:
+                    self._full_requested = True   # the zone label decides topology: rebuild
+            if self.health is not None and ev.attr == "nodes" and ev.key[1] == proxier.node_name:
+                self.health.sync_node(ev.new)
+
+    def _snapshot(self) -> Config:
+        node = self.node
+        get = lambda attr: tuple(self.objects.get(attr, {}).values())   # noqa: E731
+        fields = {"dataplane": node.dp, "kube_proxy": self.kube_proxy, "services": get("services"),
+                  "endpoint_slices": get("endpoint_slices"), "nodes": get("nodes")}
+        if "service_cidrs" in Config.__dataclass_fields__:
+            fields["service_cidrs"] = get("service_cidrs")
+        return Config(**fields)
+
+    def _sync(self, full: bool, events: list[ObjectEvent]) -> None:
+        node = self.node
+        touched = {(e.key if e.attr == "services" else (e.key[0], getattr(e.new or e.old, "service_name", None)))
+                   for e in events if e.attr in ("services", "endpoint_slices")}
+        full = full or len(touched) > FULL_SYNC_THRESHOLD
+        start = time.monotonic()
+        try:
+            if full:
+                result = node.apply(self._snapshot(), self.pause)
+            else:
+                services_changed = any(e.attr == "services" for e in events)
+                result = node.sync(self.pause, tuple(self.objects.get("services", {}).values())
+                                   if services_changed else None)
+        except Exception as exc:   # a bug must not end the control plane: keep the old tables
+            log.exception("sync failed; keeping the tables as they were")
+            self._error(f"sync failed: {exc}")
+            self._full_requested = True
+            return
+        visible = time.monotonic_ns()
+        elapsed = time.monotonic() - start
+        self.syncs["full" if full else "partial"] += 1
+        self.last_sync_s = time.time()
+        for msg in result.errors:
+            self._error(msg)
+        for msg in result.warnings:
+            self._warn(msg)
+        self.latencies_ns.extend(visible - e.received_ns for e in events)
+        del self.latencies_ns[:-100_000]
+        if self.health is not None:
+            self.health.updated()
+        m = self.metrics
+        if m is not None:
+            m.sync_duration.observe(elapsed)
+            (m.full_sync_duration if full else m.partial_sync_duration).observe(elapsed)
+            m.last_sync.set(self.last_sync_s)
+            m.sync_errors.inc(len(result.errors))
+            now = time.time()
+            for e in events:
+                m.event_latency.observe((visible - e.received_ns) / 1e9)
+                if e.trigger_time is not None and e.trigger_time <= now:
+                    m.programming.observe(now - e.trigger_time)
+        log.debug("%s sync: %d events in %.1f ms", "full" if full else "partial", len(events), elapsed * 1e3)
+
+    def _error(self, message: str) -> None:
+        log.warning("%s", message)
+        self.errors.append(message)
+        del self.errors[:-100]
+
+    def _warn(self, message: str) -> None:
+        if message not in self.warnings[-10:]:
+            log.warning("%s", message)
+        self.warnings.append(message)
+        del self.warnings[:-100]

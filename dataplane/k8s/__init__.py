@@ -1,0 +1,1 @@
+"""The live API-server side of the control plane: connection, rate limits, list/watch."""
