@@ -92,6 +92,11 @@ class FileSource:
     def _signatures(self) -> dict[str, tuple | None]:
         """file -> (dev, inode, size, mtime) of what it points to; None: listed but unreadable
         right now (a dangling symlink, gone between listing and stat)."""
+        if not self.path.exists():
+            # The whole path vanished (a volume remounted, a directory being replaced): keep
+            # everything until it is back rather than withdraw every Service.
+            self._report(str(self.path), ["does not exist (keeping the objects read before)"])
+            return {name: None for name in self._objects}
         if not self.path.is_dir():
             paths = [self.path]
         else:

@@ -7,78 +7,14 @@ created in.
 """
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import os
-import secrets
 import select
-import shutil
 import socket
-import subprocess
 import time
 from dataclasses import dataclass
 
 import pytest
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-@contextlib.contextmanager
-def netns(name: str):
-    """Run the body inside namespace `name` (this thread only), then come back."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        target = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
-        try:
-            _setns(target)
-            try:
-                yield
-            finally:
-                _setns(home)
-        finally:
-            os.close(target)
-    finally:
-        os.close(home)
-
-
-def ip(*args: str, ns: str | None = None) -> str:
-    cmd = (["ip", "netns", "exec", ns] if ns else []) + list(args)
-    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-
-
-def new_netns() -> str:
-    name = f"dpt-{secrets.token_hex(4)}"
-    ip("ip", "netns", "add", name)
-    return name
-
-
-def del_netns(name: str) -> None:
-    subprocess.run(["ip", "netns", "del", name], capture_output=True)
-
-
-def quiet_netns(name: str) -> None:
-    """No IPv6 (router solicitations, MLD, DAD) so only test traffic crosses the link."""
-    for key in ("all", "default"):
-        ip("sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1", ns=name)
-    ip("ip", "link", "set", "lo", "up", ns=name)
-
-
-def _require_netns() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("live port tests need root (network namespaces, raw sockets)")
-    if shutil.which("ip") is None:
-        pytest.skip("iproute2 not installed")
-    try:
-        del_netns(new_netns())
-    except (subprocess.CalledProcessError, OSError) as e:
-        pytest.skip(f"cannot create network namespaces: {e}")
+from nstools import del_netns, ip, netns, new_netns, quiet_netns, require_netns  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -115,7 +51,7 @@ def _mac(ifname: str, ns: str) -> bytes:
 
 @pytest.fixture
 def veth_lab():
-    _require_netns()
+    require_netns()
     lab = VethLab(new_netns(), "")
     try:
         lab.dut = new_netns()
@@ -140,7 +76,7 @@ def veth_lab():
 @pytest.fixture
 def netns_one():
     """A single quiet namespace (for tap tests)."""
-    _require_netns()
+    require_netns()
     name = new_netns()
     try:
         quiet_netns(name)
