@@ -94,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-bind-address", metavar="ADDR:PORT",
                      help="Prometheus /metrics (default: metricsBindAddress, 127.0.0.1:10249; "
                           "empty disables)")
+    run.add_argument("--forwarding-cpu", type=int, metavar="CPU",
+                     help="pin the forwarding thread to CPU; the control plane's threads use the "
+                          "other CPUs, so table builds never share its core")
     run.add_argument("--json", action="store_true", help="print the exit counters as JSON")
     run.add_argument("--stats-file", type=Path, metavar="FILE",
                      help="rewrite FILE with the counters as JSON every second (mode 0600)")
@@ -167,7 +170,7 @@ def _cmd_run(args) -> int:
             trace = TraceWriter(stack.enter_context(open(args.trace, "w", buffering=1)), ports)
         options = RunOptions(args.burst_size, args.stats_file, trace, args.conntrack_file, args.kubeconfig,
                              args.hostname_override, args.control_socket, args.healthz_bind_address,
-                             args.metrics_bind_address)
+                             args.metrics_bind_address, forwarding_cpu=args.forwarding_cpu)
         try:
             worker = Worker(args.config, options)
         except ValueError as exc:

@@ -53,7 +53,8 @@ class ControlPlane:
         self.last_sync_s: float | None = None
         self.errors: list[str] = []           # recent sync errors (bounded)
         self.warnings: list[str] = []
-        self.latencies_ns: list[int] = []     # event received -> visible, for the benchmark
+        self.latencies_ns: list[int] = []     # event received -> visible (the last 100,000)
+        self.programming_s: list[float] = []  # EndpointSlice trigger time -> visible
         self._full_requested = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sync", daemon=True)
@@ -193,12 +194,27 @@ class ControlPlane:
             (m.full_sync_duration if full else m.partial_sync_duration).observe(elapsed)
             m.last_sync.set(self.last_sync_s)
             m.sync_errors.inc(len(result.errors))
-            now = time.time()
             for e in events:
                 m.event_latency.observe((visible - e.received_ns) / 1e9)
+        now = time.time()
+        self.programming_s.extend(now - e.trigger_time for e in events if e.trigger_time is not None)
+        del self.programming_s[:-100_000]
+        if m is not None:
+            for e in events:
                 if e.trigger_time is not None and e.trigger_time <= now:
                     m.programming.observe(now - e.trigger_time)
         log.debug("%s sync: %d events in %.1f ms", "full" if full else "partial", len(events), elapsed * 1e3)
+
+    def latency_summary(self) -> dict:
+        """p50 / p99 / max of event-to-visible and trigger-to-visible latencies, in ms."""
+        def summary(values_ms):
+            if not values_ms:
+                return None
+            v = sorted(values_ms)
+            pick = lambda q: round(v[min(len(v) - 1, int(q * len(v)))], 3)   # noqa: E731
+            return {"count": len(v), "p50": pick(0.5), "p99": pick(0.99), "max": round(v[-1], 3)}
+        return {"eventToVisibleMs": summary([x / 1e6 for x in self.latencies_ns]),
+                "programmingMs": summary([x * 1e3 for x in self.programming_s])}
 
     def _error(self, message: str) -> None:
         log.warning("%s", message)

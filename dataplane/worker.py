@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,7 +37,8 @@ __all__ = ["Worker", "RunOptions", "install_signal_handlers"]
 log = logging.getLogger("dataplane.run")
 
 STATS_INTERVAL_S = 1.0
-INITIAL_SYNC_WAIT_S = 10.0   # forward (routing) even if the API server has not answered by then
+INITIAL_SYNC_WAIT_S = 10.0
+GIL_SWITCH_INTERVAL_S = 0.0005   # forward (routing) even if the API server has not answered by then
 
 
 @dataclass
@@ -51,6 +53,7 @@ class RunOptions:
     healthz_bind_address: str | None = None   # None: the KubeProxyConfiguration's (or default)
     metrics_bind_address: str | None = None
     file_poll_interval: float = 0.25
+    forwarding_cpu: int | None = None     # pin the forwarding thread; other threads avoid it
 
 
 @dataclass
@@ -93,15 +96,32 @@ class Worker:
         self.control = None
         self.sources = []
         self.cp: ControlPlane | None = None
-        self._forwarder = threading.Thread(target=self.engine.run, name="forwarding", daemon=True)
+        self._forwarder = threading.Thread(target=self._forward, name="forwarding", daemon=True)
 
     # ---- lifecycle ----
+
+    def _forward(self) -> None:
+        cpu = self.options.forwarding_cpu
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})   # this thread only (Linux: pid 0 is the caller)
+        self.engine.run()
 
     def start(self) -> None:
         """Sources, control plane and servers; then forwarding once the first sync is done (or
         INITIAL_SYNC_WAIT_S passed: routing must not wait for an unreachable API server)."""
         from dataplane.metrics import Metrics
         opts, kp = self.options, self.kube_proxy
+        if opts.forwarding_cpu is not None:
+            # Threads started from here on (sync, sources, servers) inherit this: they keep off
+            # the forwarding CPU, so the kernel never time-slices forwarding against a table build.
+            others = os.sched_getaffinity(0) - {opts.forwarding_cpu}
+            if opts.forwarding_cpu not in os.sched_getaffinity(0):
+                raise ValueError(f"--forwarding-cpu {opts.forwarding_cpu}: not one of this process's CPUs")
+            if others:
+                os.sched_setaffinity(0, others)
+        # A sync holds a pause while it runs Python; hand the GIL over quickly when it waits
+        # for it, so other control-plane threads (watch decoding) do not stretch the pause.
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self.metrics = Metrics()
         self.metrics.add_dataplane(self.node, self.engine)
         self.health = _proxy_health(kp, opts, self.node.proxier)
@@ -244,6 +264,7 @@ class Worker:
                       for i, p in enumerate(self.node.dp.ports)} if self.ports else {},
             "conntrack": len(self.node.conntrack), "conntrack_restored": self.restored,
             "engine": engine,
+            "sync_latency": cp.latency_summary() if cp else {},
         }
 
     def _source_problems(self) -> list[str]:

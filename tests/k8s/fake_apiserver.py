@@ -13,6 +13,7 @@ driven over a Unix socket (`Control`), since Unix sockets cross network namespac
 """
 from __future__ import annotations
 
+import bisect
 import json
 import socket
 import socketserver
@@ -38,7 +39,8 @@ class FakeApiServer:
         self.serve = {p for p in RESOURCES if serve_service_cidrs or "servicecidrs" not in p}
         self.rv = 100
         self.objects: dict[str, dict[tuple, dict]] = {p: {} for p in RESOURCES}
-        self.history: list[tuple[int, str, str, dict]] = []   # (rv, path, type, object)
+        self.history: list[tuple[int, str, str, dict]] = []   # (rv, path, type, object), rv order
+        self.history_rvs: list[int] = []                       # the rvs alone, for bisect
         self.compacted = 0           # events at or below this rv are gone: older watches get 410
         self.cond = threading.Condition()
         self.requests: list[str] = []
@@ -58,8 +60,7 @@ class FakeApiServer:
             obj.setdefault("metadata", {})["resourceVersion"] = str(self.rv)
             type_ = "MODIFIED" if key in self.objects[path] else "ADDED"
             self.objects[path][key] = obj
-            self.history.append((self.rv, path, type_, obj))
-            self.cond.notify_all()
+            self._log(path, type_, obj)
             return self.rv
 
     def delete(self, kind: str, namespace: str | None, name: str) -> int:
@@ -68,15 +69,20 @@ class FakeApiServer:
             obj = self.objects[path].pop((namespace, name))
             self.rv += 1
             obj = dict(obj, metadata=dict(obj["metadata"], resourceVersion=str(self.rv)))
-            self.history.append((self.rv, path, "DELETED", obj))
-            self.cond.notify_all()
+            self._log(path, "DELETED", obj)
             return self.rv
+
+    def _log(self, path: str, type_: str, obj: dict) -> None:
+        self.history.append((self.rv, path, type_, obj))
+        self.history_rvs.append(self.rv)
+        self.cond.notify_all()
 
     def compact(self) -> None:
         """Forget the event history: a watch or continue from before now gets 410 Gone."""
         with self.cond:
             self.compacted = self.rv
             self.history.clear()
+            self.history_rvs.clear()
 
     def drop_watches(self) -> None:
         """End every open watch stream (as an apiserver restart or a load balancer would)."""
@@ -188,14 +194,18 @@ class _Handler(BaseHTTPRequestHandler):
                 with fake.cond:
                     if fake._generation != generation or fake._server is None:
                         break
-                    events = [e for e in fake.history if e[0] > sent and e[1] == path]
+                    first = bisect.bisect_right(fake.history_rvs, sent)
+                    events = [e for e in fake.history[first:] if e[1] == path]
                     current = fake.rv
                     if not events:
                         fake.cond.wait(0.1)
                 for rv, _, type_, obj in events:
                     if _selected(obj, q):
                         self._chunk({"type": type_, "object": obj})
-                    sent = rv
+                if events:
+                    sent = events[-1][0]
+                elif current > sent:
+                    sent = current
                 if bookmarks and time.monotonic() >= next_bookmark:
                     sent = max(sent, current)
                     kind = RESOURCES[path][0]
