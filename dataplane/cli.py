@@ -9,7 +9,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-from dataplane.control import DEFAULT_SOCKET
+from dataplane.control import DEFAULT_SOCKET, ControlError
 from dataplane.lab.cli import register as register_lab
 from dataplane.opscli import register as _register_operator_commands
 
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except CliError as exc:
+    except (CliError, ControlError) as exc:
         print(f"dataplane {args.command}: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `dataplane ... | head` is not an error

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from dataplane.control import DEFAULT_SOCKET, ControlError, request, stream
+from dataplane.control import DEFAULT_SOCKET, request, stream
 
 __all__ = ["register"]
 
@@ -51,18 +51,14 @@ def register(sub) -> None:
                                    "drop) as the running dataplane handles it, until interrupted.")
     m.add_argument("--drops", action="store_true", help="only dropped packets, with the reason")
     m.add_argument("-p", "--proto", help="tcp, udp, sctp, icmp or icmpv6")
-    m.add_argument("--ip", help="packets from or to this address")
-    m.add_argument("--port", type=int, help="packets from or to this port")
+    m.add_argument("--ip", help="packets from or to this address (as they leave: after NAT)")
+    m.add_argument("--port", type=int, help="packets from or to this port (after NAT)")
     m.add_argument("-n", "--count", type=int, metavar="N", help="stop after N events")
     m.set_defaults(func=_monitor)
 
 
 def _call(args, req: dict):
-    from dataplane.cli import CliError
-    try:
-        return request(args.socket, req)
-    except ControlError as exc:
-        raise CliError(str(exc)) from None
+    return request(args.socket, req)   # ControlError: reported by the CLI as one line, exit 2
 
 
 def _services(args) -> int:
@@ -100,7 +96,7 @@ def _conntrack(args) -> int:
 
 
 def _stats(args) -> int:
-    from dataplane.cli import CliError, _print_tree
+    from dataplane.cli import _print_tree
     if not args.watch:
         result = _call(args, {"cmd": "stats"})
         if args.output == "table":
@@ -115,15 +111,12 @@ def _stats(args) -> int:
             else:
                 _dump(answer["result"], args.output)
             sys.stdout.flush()
-    except ControlError as exc:
-        raise CliError(str(exc)) from None
     except KeyboardInterrupt:
         pass
     return 0
 
 
 def _monitor(args) -> int:
-    from dataplane.cli import CliError
     req = {"cmd": "monitor", "drops": args.drops, "proto": args.proto, "ip": args.ip, "port": args.port}
     seen = 0
     try:
@@ -143,8 +136,6 @@ def _monitor(args) -> int:
             seen += 1
             if args.count and seen >= args.count:
                 break
-    except ControlError as exc:
-        raise CliError(str(exc)) from None
     except KeyboardInterrupt:
         pass
     return 0

@@ -1,0 +1,156 @@
+"""The control socket of a running `dataplane run` and the commands that use it: services,
+conntrack list/flush with conntrack-style filters, stats, monitor. The node runs in a private
+namespace with one tap port; the test plays the network through the tap's kernel side."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from scapy.all import IP, UDP, Ether
+
+from dataplane.control import request
+from nstools import del_netns, netns, new_netns, quiet_netns, require_netns
+
+NODE_MAC, PEER_MAC = "02:00:00:00:00:01", "02:00:00:00:00:fe"
+CONFIG = textwrap.dedent(f"""\
+    apiVersion: dataplane/v1alpha1
+    kind: DataplaneConfiguration
+    nodeName: node-1
+    nodeIPs: [192.168.0.2]
+    clusterCIDRs: [10.244.0.0/16]
+    ports:
+      - {{name: tap0, type: tap, mac: "{NODE_MAC}"}}
+    routes:
+      - {{prefix: 0.0.0.0/0, port: tap0, via: 192.168.0.1, mac: "{PEER_MAC}"}}
+    ---
+    apiVersion: kubeproxy.config.k8s.io/v1alpha1
+    kind: KubeProxyConfiguration
+    metricsBindAddress: ""
+    healthzBindAddress: ""
+    ---
+    apiVersion: v1
+    kind: Service
+    metadata: {{name: web, namespace: default}}
+    spec: {{clusterIP: 10.96.0.10, ports: [{{name: dns, port: 53, protocol: UDP, targetPort: 5353}}]}}
+    ---
+    apiVersion: discovery.k8s.io/v1
+    kind: EndpointSlice
+    metadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}
+    addressType: IPv4
+    ports: [{{name: dns, port: 5353, protocol: UDP}}]
+    endpoints: [{{addresses: [10.244.1.5]}}]
+    """)
+
+
+def dp(*args, sock):
+    out = subprocess.run([sys.executable, "-m", "dataplane.cli", *args, "--socket", str(sock)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.fixture
+def node(tmp_path):
+    require_netns()
+    ns = new_netns()
+    proc = None
+    try:
+        quiet_netns(ns)
+        (tmp_path / "conf").mkdir()
+        (tmp_path / "conf" / "all.yaml").write_text(CONFIG)
+        sock = tmp_path / "run" / "ctl.sock"
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "dataplane.cli", "run",
+                                 "--config", str(tmp_path / "conf"), "--control-socket", str(sock), "--json"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while not sock.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+            time.sleep(0.05)
+        with netns(ns):
+            raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+        raw.bind(("tap0", 0))
+        yield ns, sock, raw
+        raw.close()
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=20)
+        del_netns(ns)
+
+
+def client(raw, sport):
+    raw.send(bytes(Ether(src=PEER_MAC, dst=NODE_MAC) / IP(src="192.168.0.50", dst="10.96.0.10")
+                   / UDP(sport=sport, dport=53) / b"q"))
+
+
+def wait_for(check, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not (value := check()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value
+
+
+def test_socket_is_private(node):
+    _, sock, _ = node
+    assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+
+
+def test_services_json(node):
+    _, sock, _ = node
+    services = json.loads(dp("services", "-o", "json", sock=sock))
+    assert services == [{"namespace": "default", "name": "web", "frontends": [
+        {"ip": "10.96.0.10", "port": 53, "protocol": "UDP", "portName": "dns", "kind": "ClusterIP",
+         "endpoints": [{"ip": "10.244.1.5", "port": 5353}]}]}]
+    assert "10.96.0.10:53/UDP" in dp("services", sock=sock)
+
+
+def test_conntrack_list_and_flush_with_filters(node):
+    _, sock, raw = node
+    for sport in (1001, 1002, 1003):
+        client(raw, sport)
+    listed = wait_for(lambda: len(request(sock, {"cmd": "conntrack.list"})) == 3 and
+                      json.loads(dp("conntrack", "list", "-o", "json", sock=sock)))
+    assert listed and {e["orig"]["sport"] for e in listed} == {1001, 1002, 1003}
+    assert all(e["reply"]["src"] == "10.244.1.5" and e["reply"]["sport"] == 5353 for e in listed)
+    one = json.loads(dp("conntrack", "list", "-o", "json", "--sport", "1002", sock=sock))
+    assert [e["orig"]["sport"] for e in one] == [1002]
+    assert json.loads(dp("conntrack", "list", "-o", "json", "-p", "tcp", sock=sock)) == []
+    by_service = json.loads(dp("conntrack", "list", "-o", "json", "--service", "default/web", sock=sock))
+    assert len(by_service) == 3
+    assert json.loads(dp("conntrack", "list", "-o", "json", "--service", "default/other", sock=sock)) == []
+    assert "1 connection(s) deleted" in dp("conntrack", "flush", "--sport", "1001", sock=sock)
+    left = json.loads(dp("conntrack", "list", "-o", "json", "--dst", "10.96.0.10", sock=sock))
+    assert {e["orig"]["sport"] for e in left} == {1002, 1003}
+
+
+def test_stats_and_monitor(node):
+    _, sock, raw = node
+    mon = subprocess.Popen([sys.executable, "-m", "dataplane.cli", "monitor", "--socket", str(sock), "-o", "json",
+                            "-p", "udp", "--ip", "10.244.1.5", "-n", "2"], stdout=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    client(raw, 2001)
+    client(raw, 2002)
+    out, _ = mon.communicate(timeout=20)
+    events = [json.loads(chunk) for chunk in out.replace("}\n{", "}\x00{").split("\x00") if chunk.strip()]
+    assert [(e["verdict"], e["dst"], e["dport"], e["in"], e["out"]) for e in events] == \
+        [("forward", "10.244.1.5", 5353, "tap0", "tap0")] * 2
+    stats = json.loads(dp("stats", "-o", "json", sock=sock))
+    assert stats["counters"]["dnat"] >= 2 and stats["conntrack"] >= 2
+
+
+def test_unknown_command_and_no_server(node, tmp_path):
+    _, sock, _ = node
+    from dataplane.control import ControlError
+    with pytest.raises(ControlError, match="unknown command"):
+        request(sock, {"cmd": "reboot"})
+    out = subprocess.run([sys.executable, "-m", "dataplane.cli", "services", "--socket", str(tmp_path / "none")],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "no dataplane answering" in out.stderr
