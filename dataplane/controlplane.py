@@ -31,8 +31,9 @@ __all__ = ["ControlPlane"]
 
 log = logging.getLogger("dataplane.sync")
 
-FULL_SYNC_THRESHOLD = 256   # Services touched by one batch beyond which a rebuild is cheaper
-MAX_BATCH = 4096             # events applied in one partial sync (bounds the time parked)
+FULL_SYNC_THRESHOLD = 2048  # Services touched by one batch beyond which a rebuild is cheaper
+PAUSE_CHUNK = 32            # Services applied per pause in a partial sync (each pause stays short)
+MAX_BATCH = 8192            # events taken from the queue at once
 
 
 class ControlPlane:
@@ -89,35 +90,49 @@ class ControlPlane:
 
     def _run(self) -> None:
         next_full = None
+        initial: list[ObjectEvent] = []
         while not self._stop.is_set():
-            timeout = None if next_full is None else max(0.0, next_full - time.monotonic())
-            try:
-                batch = self.queue.get(timeout=min(timeout, 0.5) if timeout is not None else 0.5)
-            except queue.Empty:
-                batch = None
+            timeout = 0.5 if next_full is None else min(0.5, max(0.0, next_full - time.monotonic()))
+            events = self._next_batch(timeout)
             if self._stop.is_set():
                 break
-            events = list(batch or ())
-            while len(events) < MAX_BATCH:
-                try:
-                    events.extend(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-            self._record(events)
             if not self.synced.is_set():
+                self._record(events)
+                initial += events
                 if all(s.synced() for s in self.sources):
-                    self._sync(full=True, events=events)
+                    self._sync(full=True, events=initial)
+                    initial = []
                     self.synced.set()
                     next_full = time.monotonic() + self.sync_period
                 continue
             due = next_full is not None and time.monotonic() >= next_full
-            if events or due or self._full_requested:
-                self._sync(full=due or self._full_requested, events=events)
-                if due or self._full_requested:
-                    next_full = time.monotonic() + self.sync_period
+            if due or self._full_requested or len(_touched(events)) > FULL_SYNC_THRESHOLD:
                 self._full_requested = False
-                if self.min_sync_period:
-                    self._stop.wait(self.min_sync_period)
+                self._record(events)
+                self._sync(full=True, events=events)
+                next_full = time.monotonic() + self.sync_period
+            elif events:
+                # Small steps, each with its own short pause, rather than one long one.
+                for chunk in _chunks(events, PAUSE_CHUNK):
+                    self._record(chunk)
+                    self._sync(full=False, events=chunk)
+            else:
+                continue
+            if self.min_sync_period:
+                self._stop.wait(self.min_sync_period)
+
+    def _next_batch(self, timeout: float) -> list[ObjectEvent]:
+        """Everything queued now (waiting up to `timeout` for the first event)."""
+        try:
+            events = list(self.queue.get(timeout=timeout))
+        except queue.Empty:
+            return []
+        while len(events) < MAX_BATCH:
+            try:
+                events.extend(self.queue.get_nowait())
+            except queue.Empty:
+                break
+        return events
 
     def _record(self, events: list[ObjectEvent]) -> None:
         """Keep the object set current and feed the proxier's change trackers."""
@@ -160,9 +175,6 @@ class ControlPlane:
 
     def _sync(self, full: bool, events: list[ObjectEvent]) -> None:
         node = self.node
-        touched = {(e.key if e.attr == "services" else (e.key[0], getattr(e.new or e.old, "service_name", None)))
-                   for e in events if e.attr in ("services", "endpoint_slices")}
-        full = full or len(touched) > FULL_SYNC_THRESHOLD
         start = time.monotonic()
         try:
             if full:
@@ -226,3 +238,31 @@ class ControlPlane:
             log.warning("%s", message)
         self.warnings.append(message)
         del self.warnings[:-100]
+
+
+def _service_of(e: ObjectEvent):
+    if e.attr == "services":
+        return e.key
+    if e.attr == "endpoint_slices":
+        return (e.key[0], getattr(e.new or e.old, "service_name", None))
+    return None
+
+
+def _touched(events: list[ObjectEvent]) -> set:
+    return {k for k in map(_service_of, events) if k is not None}
+
+
+def _chunks(events: list[ObjectEvent], services: int):
+    """Consecutive runs of events touching at most `services` Services each (event order kept)."""
+    chunk: list[ObjectEvent] = []
+    seen: set = set()
+    for e in events:
+        k = _service_of(e)
+        if k is not None and k not in seen and len(seen) >= services:
+            yield chunk
+            chunk, seen = [], set()
+        if k is not None:
+            seen.add(k)
+        chunk.append(e)
+    if chunk:
+        yield chunk

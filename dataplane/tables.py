@@ -114,7 +114,7 @@ class NodeDataplane:
         self._announced: set = set()
         if live:
             self.router.set_neighbours(build_neighbours(dp))
-            self._announce(config.services)
+            self._announce(_announced(config.services))
         self.pipeline = Pipeline(self.router, len(dp.ports), self.ctnat, build_vxlan(dp))
 
     def attach_ports(self, ports) -> None:
@@ -135,10 +135,11 @@ class NodeDataplane:
         finally:
             self.proxier.conntrack = conntrack
         old = self.ctnat.lb
+        wanted = _announced(config.services)
         with pause():
             self.ctnat.set_lb(self.proxier.lb)
             result.flushed += self._flush_stale(result.stale_endpoints)
-            self._announce(config.services)
+            self._announce(wanted)
         del old   # the old generation is freed here, after the pipeline let go of it
         return result
 
@@ -146,11 +147,12 @@ class NodeDataplane:
         """Apply the changes recorded by the proxier's handlers (on_service, on_endpoint_slice)
         in place, with the pipeline parked; `services` (all current ones) refreshes the
         addresses answered for on the network when Services changed."""
+        wanted = None if services is None else _announced(services)
         with pause():
             result = self.proxier.sync()
             self.ctnat.set_lb(self.proxier.lb)
-            if services is not None:
-                self._announce(services)
+            if wanted is not None:
+                self._announce(wanted)
         return result
 
     def _flush_stale(self, stale) -> int:
@@ -161,13 +163,13 @@ class NodeDataplane:
                 flushed += self.conntrack.flush(ip, port, proto) or 0
         return flushed
 
-    def _announce(self, services) -> None:
-        """Answer ARP / NS for the Services' LoadBalancer and external IPs on the ports facing
-        the network (as MetalLB's layer-2 mode does), so clients on the link can reach them."""
+    def _announce(self, wanted: set) -> None:
+        """Answer ARP / NS for the Services' LoadBalancer and external IPs (`wanted`) on the
+        ports facing the network (as MetalLB's layer-2 mode does), so clients on the link can
+        reach them."""
         neigh = self.router.neigh
         if neigh is None:
             return
-        wanted = {ip for svc in services for ip in (*svc.load_balancer_ips, *svc.external_ips)}
         ports = [p for p in self.dp.ports if not p.proxy_arp and p.name != self.dp.local_port]
         for port in ports:
             for ip in self._announced - wanted - set(port.addresses):
@@ -175,6 +177,10 @@ class NodeDataplane:
             for ip in wanted - self._announced:
                 neigh.add_owned(port.index, ip)
         self._announced = wanted
+
+
+def _announced(services) -> set:
+    return {ip for svc in services for ip in (*svc.load_balancer_ips, *svc.external_ips)}
 
 
 def _lpm_for(router: Router, version: int):

@@ -1,0 +1,148 @@
+"""The sync loop without packets: object events in, tables changed with the pipeline parked,
+in short steps; a big batch becomes one rebuild swapped in at once."""
+from __future__ import annotations
+
+import contextlib
+import time
+
+from dataplane import controlplane
+from dataplane.config import loads
+from dataplane.config.k8s import Endpoint, EndpointSlice, EndpointPort, Service, ServicePort
+from dataplane.controlplane import ControlPlane
+from dataplane.events import ObjectEvent
+from dataplane.tables import NodeDataplane
+import ipaddress
+
+NODE = """
+apiVersion: dataplane/v1alpha1
+kind: DataplaneConfiguration
+nodeName: node-1
+nodeIPs: [192.168.0.2]
+clusterCIDRs: [10.244.0.0/16]
+ports: [{name: eth0, mac: "02:00:00:00:00:01"}]
+routes: [{prefix: 0.0.0.0/0, port: eth0, via: 192.168.0.1, mac: "02:00:00:00:00:fe"}]
+"""
+
+
+class Source:
+    def __init__(self):
+        self.ready = False
+
+    def synced(self):
+        return self.ready
+
+
+class CountingPause:
+    def __init__(self):
+        self.pauses = 0
+        self.inside = False
+
+    @contextlib.contextmanager
+    def __call__(self):
+        assert not self.inside
+        self.inside = True
+        self.pauses += 1
+        try:
+            yield
+        finally:
+            self.inside = False
+
+
+def svc(i):
+    return Service("default", f"s{i}", cluster_ips=(ipaddress.ip_address(f"10.96.{i // 250}.{i % 250 + 1}"),),
+                   ip_families=("IPv4",), ports=(ServicePort("", "UDP", 53, 5353),))
+
+
+def eps(i, n=2):
+    return EndpointSlice("default", f"s{i}-x", f"s{i}", "IPv4",
+                         tuple(Endpoint((ipaddress.ip_address(f"10.244.{i // 200}.{i % 200 + j}"),)) for j in range(n)),
+                         (EndpointPort("", "UDP", 5353),))
+
+
+def ev(attr, obj, old=None):
+    return ObjectEvent(attr, (obj.namespace, obj.name), old, obj)
+
+
+def wait(check, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return check()
+
+
+def start(n=10):
+    node = NodeDataplane(loads(NODE))
+    pause = CountingPause()
+    cp = ControlPlane(node, pause)
+    src = Source()
+    cp.start([src])
+    cp.submit([ev("services", svc(i)) for i in range(n)] + [ev("endpoint_slices", eps(i)) for i in range(n)])
+    time.sleep(0.2)
+    assert not cp.synced.is_set() and len(node.proxier.lb) == 0    # nothing before the sources listed
+    src.ready = True
+    cp.submit([])
+    assert wait(cp.synced.is_set)
+    return node, cp, pause
+
+
+def test_first_sync_waits_for_every_source_then_builds_everything():
+    node, cp, pause = start(10)
+    try:
+        assert len(node.proxier.lb) == 10 and cp.syncs == {"full": 1, "partial": 0}
+        assert node.proxier.lb.select("10.96.0.1", 53, "UDP", "10.244.5.5")[0] == "OK"
+        assert pause.pauses == 1
+    finally:
+        cp.stop()
+
+
+def test_changes_are_applied_in_short_paused_steps():
+    node, cp, pause = start(100)
+    try:
+        before = pause.pauses
+        cp.submit([ev("endpoint_slices", eps(i, 3), eps(i)) for i in range(100)])
+        assert wait(lambda: cp.syncs["partial"] == 4)           # 100 Services, 32 per pause
+        assert pause.pauses - before == 4
+        assert cp.syncs["full"] == 1
+        got = {node.proxier.lb.select("10.96.0.1", 53, "UDP", "10.244.5.5", sport=p)[1] for p in range(1, 400)}
+        assert got == {"10.244.0.0", "10.244.0.1", "10.244.0.2"}
+    finally:
+        cp.stop()
+
+
+def test_a_huge_batch_is_one_rebuild(monkeypatch):
+    monkeypatch.setattr(controlplane, "FULL_SYNC_THRESHOLD", 50)
+    node, cp, pause = start(10)
+    try:
+        cp.submit([ev("services", svc(i)) for i in range(10, 200)] + [ev("endpoint_slices", eps(i)) for i in range(10, 200)])
+        assert wait(lambda: cp.syncs["full"] == 2)
+        assert len(node.proxier.lb) == 200 and cp.syncs["partial"] == 0
+    finally:
+        cp.stop()
+
+
+def test_a_failing_sync_keeps_the_tables_and_retries_in_full(monkeypatch):
+    node, cp, pause = start(5)
+    try:
+        calls = []
+        real = node.sync
+
+        def broken(*a, **k):
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("boom")
+            return real(*a, **k)
+        monkeypatch.setattr(node, "sync", broken)
+        cp.submit([ev("services", svc(7))])
+        assert wait(lambda: cp.errors and "boom" in cp.errors[-1])
+        assert len(node.proxier.lb) == 5                    # as it was
+        cp.submit([ev("services", svc(8))])
+        assert wait(lambda: len(node.proxier.lb) == 7)      # the retry rebuilt everything
+    finally:
+        cp.stop()
+
+
+def test_chunks_keep_event_order_and_bound_services():
+    events = [ev("services", svc(i % 5)) for i in range(20)]
+    chunks = list(controlplane._chunks(events, 2))
+    assert [e for c in chunks for e in c] == events
+    assert all(len(controlplane._touched(c)) <= 2 for c in chunks)
