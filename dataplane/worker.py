@@ -13,6 +13,7 @@ configured (--kubeconfig, clientConnection.kubeconfig, or in-cluster), else from
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,6 +24,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 from dataplane.burst import COUNTERS, DROP_REASONS
 from dataplane.config import load
@@ -70,7 +73,7 @@ class Worker:
         self.ports = []
         self.claimed = None
         self.servers: list = []
-        config = _node_config(load(self.config_path, strict=False), opts.node_name)
+        config = _node_config(load(self.config_path, strict=False), opts.node_name, self.config_path)
         self.node_name = config.node_name
         self.startup_problems = [str(p) for p in config.problems]
         for p in self.startup_problems:
@@ -291,14 +294,39 @@ def write_private(path: Path, data: bytes) -> None:
         raise
 
 
-def _node_config(config: Config, node_name: str | None) -> Config:
+def _node_config(config: Config, node_name: str | None, path: Path) -> Config:
+    """The configuration of this node. With --hostname-override, a directory may hold one
+    DataplaneConfiguration per node (one ConfigMap for a whole DaemonSet): this node's is used."""
+    if node_name and (config.dataplane is None or config.dataplane.node_name != node_name):
+        mine = [dp for dp in _dataplane_configurations(path) if dp.node_name == node_name]
+        if not mine:
+            raise ValueError(f"no valid DataplaneConfiguration with nodeName {node_name!r}"
+                             + "".join(f"\n{p}" for p in config.problems))
+        config = dataclasses.replace(config, dataplane=mine[0])
     if config.dataplane is None:
         raise ValueError("no valid DataplaneConfiguration object (ports and routes)"
                          + "".join(f"\n{p}" for p in config.problems))
-    if node_name and config.dataplane.node_name != node_name:
-        raise ValueError(f"the DataplaneConfiguration is for node {config.dataplane.node_name!r}, "
-                         f"not {node_name!r}")
+    if node_name:   # the others are for other nodes, not duplicates
+        config = dataclasses.replace(config, problems=tuple(
+            p for p in config.problems if not (p.kind == "DataplaneConfiguration" and "only one" in p.message)))
     return config
+
+
+def _dataplane_configurations(path: Path) -> list:
+    from dataplane.config.loader import SUFFIXES, parse_object
+    files = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES and p.is_file()) if path.is_dir() else [path]
+    out = []
+    for f in files:
+        try:
+            docs = list(yaml.safe_load_all(f.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue   # reported by the main load
+        for doc in docs:
+            if isinstance(doc, dict) and doc.get("kind") == "DataplaneConfiguration":
+                _, obj, _, _ = parse_object(doc, str(f))
+                if obj is not None:
+                    out.append(obj)
+    return out
 
 
 def _kp(kp, attr: str, default):

@@ -146,3 +146,18 @@ def test_chunks_keep_event_order_and_bound_services():
     chunks = list(controlplane._chunks(events, 2))
     assert [e for c in chunks for e in c] == events
     assert all(len(controlplane._touched(c)) <= 2 for c in chunks)
+
+
+def test_one_config_directory_for_every_node(tmp_path):
+    """A DaemonSet's ConfigMap: one DataplaneConfiguration per node; --hostname-override picks."""
+    from dataplane.config import load
+    from dataplane.worker import _node_config
+    for name, mac in (("node-1", "02:00:00:00:00:01"), ("node-2", "02:00:00:00:00:02")):
+        (tmp_path / f"dataplane-{name}.yaml").write_text(
+            NODE.replace("nodeName: node-1", f"nodeName: {name}").replace('"02:00:00:00:00:01"', f'"{mac}"'))
+    config = _node_config(load(tmp_path, strict=False), "node-2", tmp_path)
+    assert config.dataplane.node_name == "node-2" and config.dataplane.ports[0].mac == bytes.fromhex("020000000002")
+    assert config.problems == ()
+    import pytest
+    with pytest.raises(ValueError, match="nodeName 'node-3'"):
+        _node_config(load(tmp_path, strict=False), "node-3", tmp_path)
