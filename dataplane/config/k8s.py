@@ -546,13 +546,9 @@ def _cidr_list(o: Obj, key: str, text: str) -> tuple[IPNetwork, ...]:
     return tuple(cidrs)
 
 
-def _duration(o: Obj, key: str, default: float | None, positive: bool = False) -> float | None:
-    value = o.get(key, str, None, parse=_non_negative_duration)
-    if value is None:
-        return default
-    if positive and value <= 0:
-        raise Invalid(o.at(key), "must be greater than 0")
-    return value
+def _period(o: Obj, key: str, default: float) -> float:
+    """A period kube-proxy defaults when it is zero (configSyncPeriod, syncPeriod)."""
+    return o.get(key, str, None, parse=_non_negative_duration) or default
 
 
 def parse_kube_proxy(o: Obj) -> KubeProxyConfig:
@@ -578,8 +574,8 @@ def parse_kube_proxy(o: Obj) -> KubeProxyConfig:
     masquerade_all = any(s.get("masqueradeAll", bool, False) for s in sections.values() if s)
     # The section of the mode in use sets the periods (iptables for the default mode).
     timing = sections.get(mode or "iptables") or o.section(mode or "iptables")
-    sync_period = _duration(timing, "syncPeriod", 30.0, positive=True)
-    min_sync_period = _duration(timing, "minSyncPeriod", None)
+    sync_period = _period(timing, "syncPeriod", 30.0)
+    min_sync_period = timing.get("minSyncPeriod", str, None, parse=_non_negative_duration)
     if min_sync_period is not None and min_sync_period > sync_period:
         raise Invalid(timing.at("minSyncPeriod"), f"must be less than or equal to syncPeriod ({sync_period:g}s)")
 
@@ -587,9 +583,12 @@ def parse_kube_proxy(o: Obj) -> KubeProxyConfig:
     qps = cc.data.get("qps")
     if qps is not None and (isinstance(qps, bool) or not isinstance(qps, (int, float))):
         raise Invalid(cc.at("qps"), "must be a number")
+    if qps is not None and qps < 0:
+        raise Invalid(cc.at("qps"), "must not be negative")
+    # Zero is "unset" for qps and burst (defaults.go), as kubeadm writes them.
     client = ClientConnection(
-        cc.get("kubeconfig", str) or None, float(qps) if qps is not None else d.qps,
-        cc.get("burst", int, d.burst, parse=_INT32), cc.get("contentType", str) or d.content_type,
+        cc.get("kubeconfig", str) or None, float(qps or d.qps),
+        cc.get("burst", int, 0, parse=_INT32) or d.burst, cc.get("contentType", str) or d.content_type,
         cc.get("acceptContentTypes", str, ""))
 
     mode_local = o.get("detectLocalMode", str, "", parse=lambda v: v and one_of(*DETECT_LOCAL_MODES)(v)) or "ClusterCIDR"
@@ -628,7 +627,7 @@ def parse_kube_proxy(o: Obj) -> KubeProxyConfig:
 
     return KubeProxyConfig(
         hostname, cidrs, node_port_addresses, primary, masquerade_all, mode, conntrack, client,
-        _duration(o, "configSyncPeriod", 900.0, positive=True), sync_period, min_sync_period,
+        _period(o, "configSyncPeriod", 900.0), sync_period, min_sync_period,
         o.get("bindAddress", str, "", parse=lambda v: v and str(ip_address(v))) or "0.0.0.0",
         _bind(o, "healthzBindAddress", HEALTHZ_PORT, "0.0.0.0"), _bind(o, "metricsBindAddress", METRICS_PORT, "127.0.0.1"),
         o.get("bindAddressHardFail", bool, False), mode_local, detect_local, logging, feature_gates)

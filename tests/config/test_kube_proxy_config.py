@@ -78,8 +78,9 @@ def test_detect_local_cluster_cidrs_come_from_cluster_cidr():
 @pytest.mark.parametrize("body, expected", [
     ("healthzBindAddress: 'localhost:10256'\n", "healthzBindAddress: must be an IPv4 or IPv6 address"),
     ("metricsBindAddress: '127.0.0.1:0'\n", "metricsBindAddress: must be IP:port with a port of 1-65535"),
-    ("configSyncPeriod: 0s\n", "configSyncPeriod: must be greater than 0"),
-    ("iptables: {syncPeriod: 0s}\n", "iptables.syncPeriod: must be greater than 0"),
+    ("configSyncPeriod: -1s\n", "configSyncPeriod: must not be negative"),
+    ("iptables: {syncPeriod: -30s}\n", "iptables.syncPeriod: must not be negative"),
+    ("clientConnection: {qps: -1}\n", "clientConnection.qps: must not be negative"),
     ("iptables: {syncPeriod: 1s, minSyncPeriod: 5s}\n", "iptables.minSyncPeriod: must be less than or equal to syncPeriod"),
     ("detectLocalMode: BridgeInterface\n", "detectLocal.bridgeInterface: required when detectLocalMode is BridgeInterface"),
     ("detectLocalMode: PodCIDR\n", "detectLocalMode: must be one of ClusterCIDR, NodeCIDR"),
