@@ -356,6 +356,8 @@ class Node:
     external_ips: tuple[IPAddress, ...] = ()     # status.addresses type ExternalIP
     hostname: str | None = None                  # status.addresses type Hostname
     zone: str | None = None                      # label topology.kubernetes.io/zone (topology hints)
+    taints: tuple[str, ...] = ()                 # spec.taints[].key (health: ToBeDeletedByClusterAutoscaler)
+    deleting: bool = False                       # metadata.deletionTimestamp is set
 
     def describe(self) -> dict:
         return {"name": self.name, "podCIDRs": [str(c) for c in self.pod_cidrs],
@@ -384,7 +386,10 @@ def parse_node(o: Obj) -> Node:
 
     addresses = o.section("status").objects("addresses", ("type", "address"), address)
     internal, external, hostnames = ([v for k, v in addresses if k == t] for t in ("InternalIP", "ExternalIP", "Hostname"))
-    return Node(name, cidrs, tuple(internal), tuple(external), next(iter(hostnames), None), labels.get(ZONE_LABEL))
+    taints = spec.objects("taints", ("key", "value", "effect", "timeAdded"),
+                          lambda t: t.get("key", str, required=True))
+    return Node(name, cidrs, tuple(internal), tuple(external), next(iter(hostnames), None), labels.get(ZONE_LABEL),
+                taints, o.section("metadata").has("deletionTimestamp"))
 
 
 # ---- ServiceCIDR ----
