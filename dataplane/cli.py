@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate a configuration and print what was understood",
                        description="Validate CONFIG (a file or a directory) and print what was "
                                    "understood; invalid objects are reported with kind, "
-                                   "namespace/name and field path.")
+                                   "namespace/name and field path; the exit status is 1 when "
+                                   "anything is invalid.")
     c.add_argument("config", type=Path, metavar="CONFIG")
     c.add_argument("--json", action="store_true", help="print the summary as JSON")
     c.set_defaults(func=_cmd_check)
@@ -194,11 +195,21 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    summary = _load(args.config).describe()
+    from dataplane.config import load
+    # Like the node: every valid object is understood and shown, each bad one reported.
+    try:
+        config = load(args.config, strict=False)
+    except OSError as exc:
+        raise CliError(f"{args.config}: {exc.strerror or exc}") from None
+    summary = config.describe()
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:
         _print_tree(summary)
+    if config.problems:
+        print(f"{args.config}: {len(config.problems)} invalid:\n" + "\n".join(map(str, config.problems)),
+              file=sys.stderr)
+        return 1
     return 0
 
 

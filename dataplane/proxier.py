@@ -346,6 +346,29 @@ class Proxier:
             if proto is not None and self.conntrack is not None:
                 result.flushed += self.conntrack.flush(ip, port, proto) or 0
 
+    # ---- health checks (dataplane.healthcheck.ServiceHealth) ----
+
+    def health_check_services(self) -> dict[tuple[str, str], int]:
+        """(namespace, name) -> healthCheckNodePort of the programmed Services that have one."""
+        return {k: s.health_check_node_port for k, s in self._services.items()
+                if s.health_check_node_port and s.ignored is None and k in self._installed}
+
+    def local_ready_endpoints(self) -> dict[tuple[str, str], int]:
+        """EndpointsMap.LocalReadyEndpoints: this node's ready endpoints per Service, summed over
+        its ports (of the primary family: dual-stack kube-proxy reports one family's map), for
+        the Services with a health check node port."""
+        out = {}
+        for key in self.health_check_services():
+            svc = self._services[key]
+            by_port = _endpoints_by_port(self._slices.get(key, {}).values(), svc.ip_families[0], self.node_name)
+            out[key] = sum(1 for sp in svc.ports for e in by_port.get((sp.name, sp.protocol), {}).values()
+                           if e[5] and e[2])
+        return out
+
+    def health_check_addresses(self) -> list[str]:
+        """Where health check node ports listen: the node-port addresses, as NodePorts."""
+        return [str(a) for f in (4, 6) for a in self._node_port_ips[f]]
+
     # ---- model -> table entries ----
 
     def _desired(self, svc: Service) -> dict[tuple, _Port]:

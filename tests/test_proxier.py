@@ -230,7 +230,12 @@ def test_node_port_addresses():
     p = Proxier.from_config(loads(text + kube_proxy.replace("[192.168.0.0/24]", "[primary]")))
     assert flow(p, OUTSIDE, NODE_IP, 30080)[0] == ["10.244.1.6:8080", "10.244.2.6:8080"]
     assert flow(p, OUTSIDE, "172.16.0.10", 30080) == "NO_SERVICE"
+    # Unset: the nftables-mode default, the primary IP of each family only.
     p = Proxier.from_config(loads(text))
+    assert flow(p, OUTSIDE, NODE_IP, 30080)[0] == ["10.244.1.6:8080", "10.244.2.6:8080"]
+    assert flow(p, "2001:db8::1", "fd00::10", 30060)[0] == ["[fd10::70]:8080"]
+    assert flow(p, OUTSIDE, "172.16.0.10", 30080) == "NO_SERVICE"
+    p = Proxier.from_config(loads(text + kube_proxy.replace("[192.168.0.0/24]", "[0.0.0.0/0, '::/0']")))
     assert flow(p, OUTSIDE, "172.16.0.10", 30080)[0] == ["10.244.1.6:8080", "10.244.2.6:8080"]
 
 

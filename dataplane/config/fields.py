@@ -31,12 +31,14 @@ def format_path(path: Path) -> str:
 
 
 class Invalid(Exception):
-    """One problem with the field at `path`."""
+    """One problem with the field at `path`. `strict`: only a strict decoder refuses it (an
+    unknown field), which lets kube-proxy's lenient fallback tell it from a real error."""
 
-    def __init__(self, path: Path, message: str):
+    def __init__(self, path: Path, message: str, strict: bool = False):
         super().__init__(f"{format_path(path) or '<document>'}: {message}")
         self.path = path
         self.message = message
+        self.strict = strict
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "a boolean", list: "a list", dict: "a mapping"}
@@ -94,7 +96,8 @@ class Obj:
                 # Compare case-insensitively: typos are often in camelCase ("podCidr").
                 lowered = {k.lower(): k for k in known}
                 hint = difflib.get_close_matches(key.lower(), lowered, 1)
-                self.report(self.at(key), "unknown field" + (f" (did you mean {lowered[hint[0]]!r}?)" if hint else ""))
+                self.errors.append(Invalid(self.at(key), "unknown field" + (
+                    f" (did you mean {lowered[hint[0]]!r}?)" if hint else ""), strict=True))
 
     def at(self, key: str | int) -> Path:
         return (*self.path, key)

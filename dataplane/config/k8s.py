@@ -147,7 +147,8 @@ def _cluster_ips(spec: Obj, type_: str) -> tuple[tuple[IPAddress, ...], bool]:
     ips = []
     for path, value in zip(paths, values):
         try:
-            ips.append(ip_address(value))
+            # No ServiceCIDR can hand out 0.0.0.0, broadcast, multicast, loopback or link-local.
+            ips.append(non_special_ip(value))
         except ValueError as e:
             raise Invalid(path, str(e)) from None
     if len(ips) > 2 or (len(ips) == 2 and ips[0].version == ips[1].version):
@@ -355,6 +356,8 @@ class Node:
     external_ips: tuple[IPAddress, ...] = ()     # status.addresses type ExternalIP
     hostname: str | None = None                  # status.addresses type Hostname
     zone: str | None = None                      # label topology.kubernetes.io/zone (topology hints)
+    taints: tuple[str, ...] = ()                 # spec.taints[].key (health: ToBeDeletedByClusterAutoscaler)
+    deleting: bool = False                       # metadata.deletionTimestamp is set
 
     def describe(self) -> dict:
         return {"name": self.name, "podCIDRs": [str(c) for c in self.pod_cidrs],
@@ -383,10 +386,41 @@ def parse_node(o: Obj) -> Node:
 
     addresses = o.section("status").objects("addresses", ("type", "address"), address)
     internal, external, hostnames = ([v for k, v in addresses if k == t] for t in ("InternalIP", "ExternalIP", "Hostname"))
-    return Node(name, cidrs, tuple(internal), tuple(external), next(iter(hostnames), None), labels.get(ZONE_LABEL))
+    taints = spec.objects("taints", ("key", "value", "effect", "timeAdded"),
+                          lambda t: t.get("key", str, required=True))
+    return Node(name, cidrs, tuple(internal), tuple(external), next(iter(hostnames), None), labels.get(ZONE_LABEL),
+                taints, o.section("metadata").has("deletionTimestamp"))
+
+
+# ---- ServiceCIDR ----
+
+@dataclass(frozen=True)
+class ServiceCIDR:
+    """networking.k8s.io ServiceCIDR: ranges ClusterIPs are allocated from (one per family)."""
+    name: str
+    cidrs: tuple[IPNetwork, ...]
+
+    def describe(self) -> dict:
+        return {"name": self.name, "cidrs": [str(c) for c in self.cidrs]}
+
+
+def parse_service_cidr(o: Obj) -> ServiceCIDR:
+    _, name, _ = _metadata(o, False, dns_subdomain)
+    spec = o.section("spec", ("cidrs",))
+    # The API takes canonical CIDRs only (ValidateServiceCIDR: no host bits).
+    cidrs = spec.scalars("cidrs", str, ip_network(strict=True), unique="CIDR")
+    if not 1 <= len(cidrs) <= 2 or (len(cidrs) == 2 and cidrs[0].version == cidrs[1].version):
+        raise Invalid(spec.at("cidrs"), "must list one CIDR, or one IPv4 and one IPv6 CIDR (dual-stack)")
+    o.section("status")   # conditions: written by the API server, not used by a proxy
+    return ServiceCIDR(name, cidrs)
 
 
 # ---- KubeProxyConfiguration ----
+#
+# Decoded as kube-proxy's loadConfig does (cmd/kube-proxy/app/server.go): strictly first; a
+# strict-only error (unknown or duplicate field, e.g. udpIdleTimeout or conntrack.max left by
+# kubeadm and kind) falls back to lenient decoding with a warning; type errors and values that
+# fail pkg/proxy/apis/config/validation are errors. Defaults are v1alpha1/defaults.go.
 
 @dataclass(frozen=True)
 class Conntrack:
@@ -401,20 +435,66 @@ class Conntrack:
 
 
 @dataclass(frozen=True)
+class ClientConnection:
+    """componentbaseconfig ClientConnectionConfiguration with kube-proxy's defaults."""
+    kubeconfig: str | None = None             # None: --kubeconfig, else in-cluster config
+    qps: float = 5.0
+    burst: int = 10
+    content_type: str = "application/vnd.kubernetes.protobuf"
+    accept_content_types: str = ""
+
+
+@dataclass(frozen=True)
+class DetectLocal:
+    bridge_interface: str = ""
+    interface_name_prefix: str = ""
+    cluster_cidrs: tuple[IPNetwork, ...] = ()   # clusterCIDR (v1alpha1 keeps it at the top level)
+
+
+@dataclass(frozen=True)
+class Logging:
+    verbosity: int | None = None              # logging.verbosity (klog -v)
+    format: str = "text"
+
+
+DETECT_LOCAL_MODES = ("ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix")
+HEALTHZ_PORT, METRICS_PORT = 10256, 10249
+
+
+@dataclass(frozen=True)
 class KubeProxyConfig:
     hostname_override: str | None = None      # this node's name
     cluster_cidrs: tuple[IPNetwork, ...] = ()  # clusterCIDR, comma-separated in the file
-    node_port_addresses: tuple[IPNetwork, ...] = ()  # empty: NodePorts on all node IPs
-    node_port_primary: bool = False           # nodePortAddresses: [primary] (the node's primary IPs only)
+    node_port_addresses: tuple[IPNetwork, ...] = ()  # CIDRs; empty and not primary: see node_port_primary
+    node_port_primary: bool = True            # [primary] or unset (nftables-mode default): primary IPs only
     masquerade_all: bool = False
     mode: str = ""                            # accepted for compatibility; this dataplane replaces all modes
     conntrack: Conntrack = Conntrack()
+    client_connection: ClientConnection = ClientConnection()
+    config_sync_period: float = 900.0         # seconds (informer resync)
+    sync_period: float = 30.0                 # seconds, from the section `mode` selects
+    min_sync_period: float | None = None      # seconds; None: unset (kube-proxy's default is 1 s)
+    bind_address: str = "0.0.0.0"
+    healthz_bind_address: str = f"0.0.0.0:{HEALTHZ_PORT}"   # "": disabled
+    metrics_bind_address: str = f"127.0.0.1:{METRICS_PORT}"
+    bind_address_hard_fail: bool = False
+    detect_local_mode: str = "ClusterCIDR"
+    detect_local: DetectLocal = DetectLocal()
+    logging: Logging = Logging()
+    feature_gates: tuple[tuple[str, bool], ...] = ()
 
     def describe(self) -> dict:
-        c = self.conntrack
+        c, cc, dl = self.conntrack, self.client_connection, self.detect_local
         return {"hostnameOverride": self.hostname_override, "clusterCIDRs": [str(n) for n in self.cluster_cidrs],
                 "nodePortAddresses": ["primary"] if self.node_port_primary else [str(n) for n in self.node_port_addresses],
                 "masqueradeAll": self.masquerade_all, "mode": self.mode,
+                "clientConnection": {"kubeconfig": cc.kubeconfig, "qps": cc.qps, "burst": cc.burst,
+                                     "contentType": cc.content_type, "acceptContentTypes": cc.accept_content_types},
+                "configSyncPeriodSeconds": self.config_sync_period, "syncPeriodSeconds": self.sync_period,
+                "minSyncPeriodSeconds": self.min_sync_period, "healthzBindAddress": self.healthz_bind_address,
+                "metricsBindAddress": self.metrics_bind_address, "bindAddressHardFail": self.bind_address_hard_fail,
+                "detectLocalMode": self.detect_local_mode,
+                "detectLocal": {"bridgeInterface": dl.bridge_interface, "interfaceNamePrefix": dl.interface_name_prefix},
                 "conntrack": {"maxPerCore": c.max_per_core, "min": c.min,
                               "tcpEstablishedTimeoutSeconds": c.tcp_established_timeout,
                               "tcpCloseWaitTimeoutSeconds": c.tcp_close_wait_timeout, "tcpBeLiberal": c.tcp_be_liberal,
@@ -425,51 +505,148 @@ KUBE_PROXY_FIELDS = (
     "apiVersion", "kind", "featureGates", "clientConnection", "logging", "hostnameOverride", "bindAddress",
     "healthzBindAddress", "metricsBindAddress", "bindAddressHardFail", "enableProfiling", "showHiddenMetricsForVersion",
     "mode", "iptables", "ipvs", "nftables", "winkernel", "detectLocalMode", "detectLocal", "clusterCIDR",
-    "nodePortAddresses", "oomScoreAdj", "conntrack", "configSyncPeriod", "portRange", "windowsRunAsService")
+    "nodePortAddresses", "oomScoreAdj", "conntrack", "configSyncPeriod", "portRange", "windowsRunAsService",
+    "linux", "windows")
 IPTABLES_FIELDS = ("masqueradeBit", "masqueradeAll", "localhostNodePorts", "syncPeriod", "minSyncPeriod")
+NFTABLES_FIELDS = ("masqueradeBit", "masqueradeAll", "syncPeriod", "minSyncPeriod")
+IPVS_FIELDS = ("syncPeriod", "minSyncPeriod", "scheduler", "excludeCIDRs", "strictARP", "tcpTimeout", "tcpFinTimeout",
+               "udpTimeout")
 CONNTRACK_FIELDS = ("maxPerCore", "min", "tcpEstablishedTimeout", "tcpCloseWaitTimeout", "tcpBeLiberal",
                     "udpTimeout", "udpStreamTimeout")
+CLIENT_CONNECTION_FIELDS = ("kubeconfig", "acceptContentTypes", "contentType", "qps", "burst")
+LOGGING_FIELDS = ("format", "flushFrequency", "verbosity", "vmodule", "options")
+_INT32 = in_range(0, 2**31 - 1)
+
+
+def append_port_if_needed(address: str, port: int) -> str:
+    """proxyutil.AppendPortIfNeeded: a bare IP gets the default port; anything else is kept."""
+    try:
+        ip = ip_address(address)
+    except ValueError:
+        return address
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def host_port(value: str) -> str:
+    """validateHostPort: "IP:port" with a valid IP and a port of 1-65535."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host:
+        raise ValueError(f"must be IP:port, got {value!r}")
+    ip_address(host)
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"must be IP:port with a port of 1-65535, got {value!r}")
+    return value
+
+
+def _cidr_list(o: Obj, key: str, text: str) -> tuple[IPNetwork, ...]:
+    cidrs = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            cidrs.append(_loose_cidr(part))
+        except ValueError as e:
+            raise Invalid(o.at(key), str(e)) from None
+    if len(cidrs) > 2 or (len(cidrs) == 2 and cidrs[0].version == cidrs[1].version):
+        raise Invalid(o.at(key), "at most one IPv4 and one IPv6 CIDR (dual-stack)")
+    return tuple(cidrs)
+
+
+def _period(o: Obj, key: str, default: float) -> float:
+    """A period kube-proxy defaults when it is zero (configSyncPeriod, syncPeriod)."""
+    return o.get(key, str, None, parse=_non_negative_duration) or default
 
 
 def parse_kube_proxy(o: Obj) -> KubeProxyConfig:
     hostname = o.get("hostnameOverride", str, parse=lambda v: v and dns_subdomain(v.strip().lower())) or None
-    cluster_cidr = o.get("clusterCIDR", str, "")
-    cidrs = []
-    for part in filter(None, (p.strip() for p in cluster_cidr.split(","))):
-        try:
-            cidrs.append(_loose_cidr(part))
-        except ValueError as e:
-            raise Invalid(o.at("clusterCIDR"), str(e)) from None
-    if len(cidrs) > 2 or (len(cidrs) == 2 and cidrs[0].version == cidrs[1].version):
-        raise Invalid(o.at("clusterCIDR"), "at most one IPv4 and one IPv6 CIDR (dual-stack)")
+    cidrs = _cidr_list(o, "clusterCIDR", o.get("clusterCIDR", str, ""))
 
+    # nodeport_addresses.go: CIDRs, or the single value "primary"; unset is the nftables-mode
+    # default, which is also "primary" (kube-proxy only opens all IPs in iptables/ipvs mode).
     raw = o.get("nodePortAddresses", list, [])
-    primary = "primary" in raw
-    if primary and len(raw) > 1:
+    primary = not raw or "primary" in raw
+    if raw and primary and len(raw) > 1:
         raise Invalid(o.at("nodePortAddresses"), "\"primary\" must be the only entry")
     node_port_addresses = () if primary else o.scalars("nodePortAddresses", str, _loose_cidr)
 
-    iptables = o.obj("iptables", IPTABLES_FIELDS)
-    nftables = o.obj("nftables")  # same masqueradeAll meaning; other fields are nftables-mode tuning
-    masquerade_all = any(s.get("masqueradeAll", bool, False) for s in (iptables, nftables) if s)
-    for section in ("featureGates", "clientConnection", "logging", "ipvs", "winkernel", "detectLocal"):
-        o.obj(section)
+    mode = o.get("mode", str, "", parse=one_of("", "iptables", "ipvs", "nftables", "kernelspace"))
+    sections = {"iptables": o.obj("iptables", IPTABLES_FIELDS), "nftables": o.obj("nftables", NFTABLES_FIELDS),
+                "ipvs": o.obj("ipvs", IPVS_FIELDS)}
+    for s in sections.values():
+        if s is not None:
+            s.get("masqueradeBit", int, parse=in_range(0, 31))
+            s.get("syncPeriod", str, parse=_non_negative_duration)
+            s.get("minSyncPeriod", str, parse=_non_negative_duration)
+    masquerade_all = any(s.get("masqueradeAll", bool, False) for s in sections.values() if s)
+    # The section of the mode in use sets the periods (iptables for the default mode).
+    timing = sections.get(mode or "iptables") or o.section(mode or "iptables")
+    sync_period = _period(timing, "syncPeriod", 30.0)
+    min_sync_period = timing.get("minSyncPeriod", str, None, parse=_non_negative_duration)
+    if min_sync_period is not None and min_sync_period > sync_period:
+        raise Invalid(timing.at("minSyncPeriod"), f"must be less than or equal to syncPeriod ({sync_period:g}s)")
 
-    c, d = o.section("conntrack", CONNTRACK_FIELDS), Conntrack()
+    cc, d = o.section("clientConnection", CLIENT_CONNECTION_FIELDS), ClientConnection()
+    qps = cc.data.get("qps")
+    if qps is not None and (isinstance(qps, bool) or not isinstance(qps, (int, float))):
+        raise Invalid(cc.at("qps"), "must be a number")
+    if qps is not None and qps < 0:
+        raise Invalid(cc.at("qps"), "must not be negative")
+    # Zero is "unset" for qps and burst (defaults.go), as kubeadm writes them.
+    client = ClientConnection(
+        cc.get("kubeconfig", str) or None, float(qps or d.qps),
+        cc.get("burst", int, 0, parse=_INT32) or d.burst, cc.get("contentType", str) or d.content_type,
+        cc.get("acceptContentTypes", str, ""))
+
+    mode_local = o.get("detectLocalMode", str, "", parse=lambda v: v and one_of(*DETECT_LOCAL_MODES)(v)) or "ClusterCIDR"
+    dl = o.section("detectLocal", ("bridgeInterface", "interfaceNamePrefix"))
+    detect_local = DetectLocal(dl.get("bridgeInterface", str, ""), dl.get("interfaceNamePrefix", str, ""), cidrs)
+    if mode_local == "BridgeInterface" and not detect_local.bridge_interface:
+        raise Invalid(dl.at("bridgeInterface"), "required when detectLocalMode is BridgeInterface")
+    if mode_local == "InterfaceNamePrefix" and not detect_local.interface_name_prefix:
+        raise Invalid(dl.at("interfaceNamePrefix"), "required when detectLocalMode is InterfaceNamePrefix")
+
+    lg = o.section("logging", LOGGING_FIELDS)
+    logging = Logging(lg.get("verbosity", int, None, parse=_INT32), lg.get("format", str, "") or "text")
+    gates = o.obj("featureGates")
+    feature_gates = ()
+    if gates is not None:
+        for k, v in gates.data.items():
+            gates.get(k, bool)
+        feature_gates = tuple(sorted(gates.data.items()))
+    for section in ("winkernel", "linux", "windows"):
+        o.obj(section)
+    o.get("portRange", str)
+    o.get("oomScoreAdj", int, parse=in_range(-1000, 1000))
+
+    c, dc = o.section("conntrack", CONNTRACK_FIELDS), Conntrack()
 
     def duration(key: str, default: float | None) -> float | None:
         return c.get(key, str, default, parse=_non_negative_duration)
 
     conntrack = Conntrack(
-        c.get("maxPerCore", int, d.max_per_core, parse=in_range(0, 2**31 - 1)),
-        c.get("min", int, d.min, parse=in_range(0, 2**31 - 1)),
-        duration("tcpEstablishedTimeout", d.tcp_established_timeout),
-        duration("tcpCloseWaitTimeout", d.tcp_close_wait_timeout),
+        c.get("maxPerCore", int, dc.max_per_core, parse=_INT32),
+        c.get("min", int, dc.min, parse=_INT32),
+        duration("tcpEstablishedTimeout", dc.tcp_established_timeout),
+        duration("tcpCloseWaitTimeout", dc.tcp_close_wait_timeout),
         c.get("tcpBeLiberal", bool, False),
         duration("udpTimeout", None) or None, duration("udpStreamTimeout", None) or None)
+
     return KubeProxyConfig(
-        hostname, tuple(cidrs), node_port_addresses, primary, masquerade_all,
-        o.get("mode", str, "", parse=one_of("", "iptables", "ipvs", "nftables", "kernelspace")), conntrack)
+        hostname, cidrs, node_port_addresses, primary, masquerade_all, mode, conntrack, client,
+        _period(o, "configSyncPeriod", 900.0), sync_period, min_sync_period,
+        o.get("bindAddress", str, "", parse=lambda v: v and str(ip_address(v))) or "0.0.0.0",
+        _bind(o, "healthzBindAddress", HEALTHZ_PORT, "0.0.0.0"), _bind(o, "metricsBindAddress", METRICS_PORT, "127.0.0.1"),
+        o.get("bindAddressHardFail", bool, False), mode_local, detect_local, logging, feature_gates)
+
+
+def _bind(o: Obj, key: str, port: int, default_host: str) -> str:
+    """healthz/metrics bind address: defaulted, a bare IP gets the default port, then validated."""
+    value = o.get(key, str, "")
+    if not value:
+        return f"{default_host}:{port}"
+    try:
+        return host_port(append_port_if_needed(value, port))
+    except ValueError as e:
+        raise Invalid(o.at(key), str(e)) from None
 
 
 def _non_negative_duration(value: str) -> float:

@@ -56,6 +56,7 @@ class Config:
     services: tuple[k8s.Service, ...] = ()
     endpoint_slices: tuple[k8s.EndpointSlice, ...] = ()
     nodes: tuple[k8s.Node, ...] = ()
+    service_cidrs: tuple[k8s.ServiceCIDR, ...] = ()
     sources: tuple[str, ...] = ()
     problems: tuple[Problem, ...] = ()   # only non-empty with load(..., strict=False)
     warnings: tuple[Problem, ...] = ()   # objects skipped on purpose (kinds we do not use)
@@ -80,6 +81,7 @@ class Config:
             "services": [s.describe() for s in self.services],
             "endpointSlices": [s.describe() for s in self.endpoint_slices],
             "nodes": [n.describe() for n in self.nodes],
+            "serviceCIDRs": [c.describe() for c in self.service_cidrs],
             "warnings": [str(w) for w in self.warnings],
             "problems": [str(p) for p in self.problems],
         }
@@ -90,6 +92,7 @@ class _Kind:
     parse: Callable[[Obj], Any]
     fields: tuple[str, ...]
     attr: str  # Config attribute the parsed object goes to
+    lenient: bool = False  # unknown fields are a warning (kube-proxy's loadConfig fallback)
 
 
 KINDS: dict[tuple[str, str], _Kind] = {
@@ -98,10 +101,23 @@ KINDS: dict[tuple[str, str], _Kind] = {
     ("discovery.k8s.io/v1", "EndpointSlice"): _Kind(k8s.parse_endpoint_slice, k8s.ENDPOINTSLICE_FIELDS, "endpoint_slices"),
     ("v1", "Node"): _Kind(k8s.parse_node, k8s.OBJECT_FIELDS, "nodes"),
     ("kubeproxy.config.k8s.io/v1alpha1", "KubeProxyConfiguration"):
-        _Kind(k8s.parse_kube_proxy, k8s.KUBE_PROXY_FIELDS, "kube_proxy"),
+        _Kind(k8s.parse_kube_proxy, k8s.KUBE_PROXY_FIELDS, "kube_proxy", lenient=True),
+    ("networking.k8s.io/v1", "ServiceCIDR"): _Kind(k8s.parse_service_cidr, k8s.OBJECT_FIELDS, "service_cidrs"),
+    ("networking.k8s.io/v1beta1", "ServiceCIDR"): _Kind(k8s.parse_service_cidr, k8s.OBJECT_FIELDS, "service_cidrs"),
 }
-# Kinds we understand, to tell "wrong apiVersion" (an error) from "not ours" (skipped).
-_KNOWN_KINDS = {kind: api for api, kind in KINDS}
+
+
+def _group(api: str) -> str:
+    """API group of an apiVersion: "" for the core group ("v1")."""
+    return api.rpartition("/")[0]
+
+
+# Kinds are matched by API group and kind, as the API server does: a Knative Service or a
+# Calico Node is another kind altogether (skipped), while a version of one of our groups that
+# we do not read (discovery.k8s.io/v1beta1 EndpointSlice: no longer served) is an error.
+_KNOWN_KINDS: dict[tuple[str, str], list[str]] = {}
+for _api, _kind in KINDS:
+    _KNOWN_KINDS.setdefault((_group(_api), _kind), []).append(_api)
 _SINGLETONS = {"dataplane", "kube_proxy"}
 
 
@@ -181,16 +197,19 @@ class _Documents:
             detail = ": ".join(filter(None, (getattr(e, "context", None), getattr(e, "problem", None)))) or str(e)
             self.error = Problem(self.source, index, None, None, "", f"invalid YAML: {detail}",
                                  mark.line + 1 if mark else None)
+        except RecursionError:
+            self.error = Problem(self.source, index, None, None, "", "invalid YAML: nested too deeply")
         finally:
             loader.dispose()
 
     def _json(self):
         def pairs(items):
-            keys = [k for k, _ in items]
-            dup = next((k for k in keys if keys.count(k) > 1), None)
-            if dup is not None:
+            data = dict(items)
+            if len(data) != len(items):   # linear: only look for the culprit when there is one
+                seen = set()
+                dup = next(k for k, _ in items if k in seen or seen.add(k))
                 raise ValueError(f"duplicate key {dup!r}")
-            return dict(items)
+            return data
         try:
             data = json.loads(self.text, object_pairs_hook=pairs)
         except json.JSONDecodeError as e:
@@ -198,6 +217,9 @@ class _Documents:
             return
         except ValueError as e:
             self.error = Problem(self.source, 0, None, None, "", f"invalid JSON: {e}")
+            return
+        except RecursionError:
+            self.error = Problem(self.source, 0, None, None, "", "invalid JSON: nested too deeply")
             return
         yield 0, data, None
 
@@ -208,6 +230,7 @@ class _Builder:
     def __init__(self):
         self.objects: dict[str, list] = {}
         self.seen: dict[tuple, str] = {}  # identity -> where it was first defined
+        self.where: dict[int, tuple] = {}  # id(Service) -> (source, index, node, path) for cross-object checks
         self.problems: list[Problem] = []
         self.warnings: list[Problem] = []
         self.sources: list[str] = []
@@ -253,9 +276,11 @@ class _Builder:
             return
         spec = KINDS.get((api, kind))
         if spec is None:
-            if kind in _KNOWN_KINDS or api.startswith("dataplane/"):
+            supported = _KNOWN_KINDS.get((_group(api), kind))
+            if supported or _group(api) == "dataplane":
                 self._problem(source, index, node, at + ("apiVersion",), kind, label,
-                              f"unsupported apiVersion {api!r} for {kind} (use {_KNOWN_KINDS.get(kind, dataplane.API_VERSION)!r})")
+                              f"unsupported apiVersion {api!r} for {kind} (use "
+                              f"{' or '.join(map(repr, supported or [dataplane.API_VERSION]))})")
             else:
                 self.warnings.append(self._make(source, index, node, at, kind, label,
                                                 f"skipped: {api} {kind} is not used by the dataplane"))
@@ -265,7 +290,13 @@ class _Builder:
             obj = spec.parse(Obj(data, at, errors, spec.fields))
         except Invalid as e:
             errors.append(e)
-        if errors:
+        except RecursionError:
+            errors.append(Invalid(at, "nested too deeply"))
+        if spec.lenient and errors and all(e.strict for e in errors):
+            for e in errors:
+                self.warnings.append(self._make(source, index, node, e.path, kind, label,
+                                                f"{e.message}: ignored (lenient decoding, as kube-proxy)"))
+        elif errors:
             for e in errors:
                 self._problem(source, index, node, e.path, kind, label, e.message)
             return
@@ -276,6 +307,8 @@ class _Builder:
             self._problem(source, index, node, at, kind, label, f"{what}: already defined at {self.seen[identity]}")
             return
         self.seen[identity] = here
+        if spec.attr == "services":
+            self.where[id(obj)] = (source, index, node, at)
         self.objects.setdefault(spec.attr, []).append(obj)
 
     def _make(self, source, index, node, path, kind, name, message) -> Problem:
@@ -287,7 +320,36 @@ class _Builder:
     def problem(self, message: str, source: str = "", kind: str | None = None, name: str | None = None) -> None:
         self.problems.append(Problem(source, None, kind, name, "", message))
 
+    def _allocations(self) -> None:
+        """The API server's allocators: a ClusterIP, and a node port (NodePort or
+        healthCheckNodePort, any protocol), belong to one Service. The first one keeps it;
+        a later Service claiming it is refused, as its create would be."""
+        ips: dict = {}
+        node_ports: dict[int, str] = {}
+        kept = []
+        for svc in self.objects.get("services", ()):
+            label = f"{svc.namespace}/{svc.name}"
+            claims = [(("spec", "clusterIPs", i), ips, ip, "cluster IP") for i, ip in enumerate(svc.cluster_ips)]
+            claims += [(("spec", "ports", i, "nodePort"), node_ports, p.node_port, "node port")
+                       for i, p in enumerate(svc.ports) if p.node_port]
+            if svc.health_check_node_port:
+                claims.append((("spec", "healthCheckNodePort"), node_ports, svc.health_check_node_port, "node port"))
+            clash = next(((path, what, value, owner[value]) for path, owner, value, what in claims
+                          if owner.get(value, label) != label), None)
+            if clash:
+                path, what, value, other = clash
+                source, index, node, at = self.where[id(svc)]
+                self._problem(source, index, node, at + path, "Service", label,
+                              f"{what} {value} is already allocated to Service {other}")
+                continue
+            for _, owner, value, _ in claims:
+                owner[value] = label
+            kept.append(svc)
+        if "services" in self.objects:
+            self.objects["services"] = kept
+
     def finish(self, strict: bool) -> Config:
+        self._allocations()
         values = {attr: (objs[0] if attr in _SINGLETONS else tuple(objs)) for attr, objs in self.objects.items()}
         dp, kp = values.get("dataplane"), values.get("kube_proxy")
         if dp and kp and kp.hostname_override and kp.hostname_override != dp.node_name:
