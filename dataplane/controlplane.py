@@ -38,7 +38,7 @@ MAX_BATCH = 8192            # events taken from the queue at once
 
 class ControlPlane:
     def __init__(self, node, pause: Callable = contextlib.nullcontext, *, metrics=None, health=None,
-                 sync_period: float = 30.0, min_sync_period: float = 0.0, kube_proxy=None):
+                 sync_period: float = 30.0, min_sync_period: float = 0.0, kube_proxy=None, on_synced=None):
         self.node = node
         self.pause = pause
         self.metrics = metrics
@@ -46,6 +46,7 @@ class ControlPlane:
         self.sync_period = sync_period
         self.min_sync_period = min_sync_period
         self.kube_proxy = kube_proxy
+        self.on_synced = on_synced             # called (sync thread) after every successful sync
         self.sources: list = []
         self.objects: dict[str, dict] = {}     # what the tables were built from
         self.queue: "queue.SimpleQueue[list[ObjectEvent]]" = queue.SimpleQueue()
@@ -200,6 +201,12 @@ class ControlPlane:
         del self.latencies_ns[:-100_000]
         if self.health is not None:
             self.health.updated()
+        if self.on_synced is not None:
+            try:
+                self.on_synced()
+            except Exception as exc:   # a health-check listener must not stop syncing
+                log.exception("after-sync hook failed")
+                self._error(f"after sync: {exc}")
         m = self.metrics
         if m is not None:
             m.sync_duration.observe(elapsed)

@@ -96,6 +96,7 @@ class Worker:
             raise
         self.metrics = None
         self.health = None
+        self.service_health = None
         self.control = None
         self.sources = []
         self.cp: ControlPlane | None = None
@@ -127,10 +128,14 @@ class Worker:
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self.metrics = Metrics()
         self.metrics.add_dataplane(self.node, self.engine)
-        self.health = _proxy_health(kp, opts, self.node.proxier)
+        self.health = _proxy_health(kp, opts)
+        from dataplane.healthcheck import ServiceHealth
+        self.service_health = ServiceHealth(self.node.proxier.health_check_addresses(), self.health,
+                                            self.node_name)
         self.cp = ControlPlane(self.node, self.engine.paused, metrics=self.metrics, health=self.health,
                                sync_period=_kp(kp, "sync_period", 30.0),
-                               min_sync_period=_kp(kp, "min_sync_period", None) or 0.0, kube_proxy=kp)
+                               min_sync_period=_kp(kp, "min_sync_period", None) or 0.0, kube_proxy=kp,
+                               on_synced=self._after_sync)
         self._start_servers()
         kubeconfig = opts.kubeconfig or _kubeconfig_of(kp)
         if kubeconfig or _in_cluster():
@@ -175,6 +180,8 @@ class Worker:
         for server in self.servers:
             server.stop()
         self.servers = []
+        if self.service_health is not None:
+            self.service_health.stop()
         self._housekeeping()
 
     def close(self) -> None:
@@ -202,13 +209,21 @@ class Worker:
     def _serve(self, what: str, make, hard_fail: bool) -> None:
         """kube-proxy logs a port it cannot bind and carries on, unless bindAddressHardFail."""
         try:
-            server = make().start()
+            server = make()
+            server.start()
         except OSError as exc:
             if hard_fail:
                 raise
             log.error("cannot start the %s server: %s", what, exc)
             return
         self.servers.append(server)
+
+    def _after_sync(self) -> None:
+        """healthCheckNodePort listeners follow the Services; their answers follow the local
+        endpoints (kube-proxy's syncProxyRules ends the same way)."""
+        proxier = self.node.proxier
+        self.service_health.sync_services(proxier.health_check_services())
+        self.service_health.sync_endpoints(proxier.local_ready_endpoints())
 
     # ---- periodic ----
 
@@ -345,17 +360,17 @@ def _in_cluster() -> bool:
         "/var/run/secrets/kubernetes.io/serviceaccount/token").exists()
 
 
-def _proxy_health(kp, opts: RunOptions, proxier):
-    """kube-proxy's /healthz and /livez server, when the health-check module is available."""
-    try:
-        from dataplane.healthcheck import ProxyHealth
-    except ImportError:
-        return None
+def _proxy_health(kp, opts: RunOptions):
+    """kube-proxy's /healthz and /livez (None when healthzBindAddress is empty); unhealthy once
+    a queued change waited 2 x syncPeriod, as kube-proxy's health timeout."""
+    from dataplane.healthcheck import ProxyHealth
     from dataplane.metrics import parse_bind_address
-    bind = opts.healthz_bind_address or _kp(kp, "healthz_bind_address", "0.0.0.0:10256")
+    bind = opts.healthz_bind_address if opts.healthz_bind_address is not None else \
+        _kp(kp, "healthz_bind_address", "0.0.0.0:10256")
+    if not bind:
+        return None
     host, port = parse_bind_address(bind, 10256)
-    return ProxyHealth(f"{host}:{port}" if ":" not in host else f"[{host}]:{port}",
-                       2 * _kp(kp, "sync_period", 30.0))
+    return ProxyHealth(f"[{host}]:{port}" if ":" in host else f"{host}:{port}", 2 * _kp(kp, "sync_period", 30.0))
 
 
 NFT_TABLE = "dataplane"

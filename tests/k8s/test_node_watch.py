@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -105,6 +106,7 @@ def node(tmp_path):
     n = None
     try:
         quiet_netns(ns)
+        subprocess.run(["ip", "-n", ns, "addr", "add", "192.168.0.2/32", "dev", "lo"], check=True)
         with netns(ns):
             api = FakeApiServer("127.0.0.1", 6443, bookmark_interval=0.5).start()
         api.put(service("web", "10.96.0.10"))
@@ -153,6 +155,39 @@ def test_relist_after_410_and_an_outage(node):
     assert eventually(lambda: set(node.services()) == {("default", "web"), ("default", "new")}, 40), node.logs()
     status = request(node.socket, {"cmd": "status"})
     assert status["sources"][0]["services"]["lists"] >= 2
+
+
+def test_healthz_livez_and_health_check_node_ports(node):
+    for path in ("/healthz", "/livez"):
+        body = json.loads(node.get(f"http://127.0.0.1:10256{path}"))
+        assert {"lastUpdated", "currentTime"} <= set(body)
+    assert json.loads(node.get("http://127.0.0.1:10256/healthz"))["nodeEligible"] is True
+    lb = service("lb", "10.96.0.20")
+    lb["spec"].update(type="LoadBalancer", externalTrafficPolicy="Local", healthCheckNodePort=32000)
+    lb["spec"]["ports"][0]["nodePort"] = 30020
+    node.api.put(lb)
+    node.api.put(slice_("lb", "10.244.1.7"))
+    body = eventually(lambda: _get_ok(node, "http://192.168.0.2:32000/"))
+    assert body and json.loads(body)["localEndpoints"] == 1
+    node.api.put(slice_("lb", "10.244.2.8", node="node-2"))    # no endpoint left on this node
+    assert eventually(lambda: _status(node, "http://192.168.0.2:32000/") == 503)
+
+
+def _get_ok(node, url):
+    try:
+        return node.get(url)
+    except OSError:
+        return None
+
+
+def _status(node, url):
+    try:
+        node.get(url)
+        return 200
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
 
 
 def test_metrics_and_exit_counters(node):
