@@ -30,6 +30,7 @@ What follows kube-proxy (kubernetes/kubernetes pkg/proxy):
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -118,6 +119,7 @@ class Proxier:
         self.seed = seed
         self._primary = {f: [a for a in self.node_ips if a.version == f][:1] for f in (4, 6)}
         self._node_port_ips = {f: self._node_ports(f) for f in (4, 6)}
+        self._precomputed: dict = {}     # service -> desired ports, worked out before a pause
         self._services_tracker = ChangeTracker()
         self._slices_tracker = ChangeTracker()
         self._reset()
@@ -202,8 +204,11 @@ class Proxier:
 
     # ---- incremental ----
 
-    def sync(self) -> SyncResult:
-        """Apply the recorded changes to the current table; only touched Services are rebuilt."""
+    def sync(self, pause=contextlib.nullcontext) -> SyncResult:
+        """Apply the recorded changes to the current table; only touched Services are rebuilt.
+
+        `pause` (the forwarding engine's, live) brackets the table edits only: what each touched
+        Service should look like is worked out before, while forwarding goes on."""
         result = SyncResult()
         touched = set(self._retry)
         self._retry.clear()
@@ -220,20 +225,32 @@ class Proxier:
                     self._slices.get((namespace, s.service_name), {}).pop(name, None)
             if current is not None and current.ignored is None:
                 self._slices.setdefault((namespace, current.service_name), {})[name] = current
-        self._sync_all(self.lb, touched, result)
-        gone, self._gone = self._gone, set()
-        self._flush(gone, result)
+        self._precomputed = {key: self._desired_or_error(key) for key in touched}
+        try:
+            with pause():
+                self._sync_all(self.lb, touched, result)
+                gone, self._gone = self._gone, set()
+                self._flush(gone, result)
+        finally:
+            self._precomputed = {}
         return result
+
+    def _desired_or_error(self, svc_key):
+        service = self._services.get(svc_key)
+        try:
+            return self._desired(service) if service is not None else {}
+        except ValueError as e:
+            return e
 
     # ---- one Service ----
 
     def _sync_service(self, table: LBTable, svc_key: tuple[str, str], result: SyncResult):
         installed = self._installed.get(svc_key, {})
-        service = self._services.get(svc_key)
-        try:
-            desired = self._desired(service) if service is not None else {}
-        except ValueError as e:
-            result.errors.append(f"Service {svc_key[0]}/{svc_key[1]}: {e}")
+        desired = self._precomputed.pop(svc_key, None)
+        if desired is None:
+            desired = self._desired_or_error(svc_key)
+        if isinstance(desired, ValueError):
+            result.errors.append(f"Service {svc_key[0]}/{svc_key[1]}: {desired}")
             self._retry.add(svc_key)
             return
         changed_frontends = changed_endpoints = False

@@ -148,10 +148,9 @@ class NodeDataplane:
         in place, with the pipeline parked; `services` (all current ones) refreshes the
         addresses answered for on the network when Services changed."""
         wanted = None if services is None else _announced(services)
-        with pause():
-            result = self.proxier.sync()
-            self.ctnat.set_lb(self.proxier.lb)
-            if wanted is not None:
+        result = self.proxier.sync(pause)
+        if wanted is not None:
+            with pause():
                 self._announce(wanted)
         return result
 
