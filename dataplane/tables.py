@@ -18,6 +18,7 @@ from dataplane.pipeline import Pipeline
 from dataplane.proxier import Proxier
 from dataplane.route import NH_LOCAL, Router
 from dataplane.vxlan import VxlanDecap
+from dataplane.ip_input import IpInput
 
 __all__ = ["NodeDataplane", "build_neighbours", "build_pipeline", "build_router", "build_vxlan",
            "conntrack_settings", "vtep_ip"]
@@ -58,7 +59,8 @@ def build_vxlan(dp) -> VxlanDecap | None:
 
 def build_pipeline(dp) -> Pipeline:
     """A pure router: parse -> route, no conntrack and no Services."""
-    return Pipeline(build_router(dp), len(dp.ports), vxlan=build_vxlan(dp))
+    router = build_router(dp)
+    return Pipeline(router, len(dp.ports), vxlan=build_vxlan(dp), ip_input=IpInput.from_config(dp, router))
 
 
 def conntrack_settings(dp, kube_proxy: KubeProxyConfig | None, cores: int | None = None):
@@ -104,7 +106,7 @@ class NodeDataplane:
         self.dp = dp
         self.port_names = [p.name for p in dp.ports]
         size, timeouts = conntrack_settings(dp, config.kube_proxy)
-        self.conntrack = Conntrack(size, timeouts)
+        self.conntrack = Conntrack(size, timeouts, tcp_be_liberal=(config.kube_proxy or KubeProxyConfig()).conntrack.tcp_be_liberal)
         self.proxier = Proxier.from_config(
             config, conntrack=self.conntrack, algorithm=dp.service_load_balancing,
             non_masquerade_cidrs=dp.non_masquerade_cidrs)
@@ -114,7 +116,8 @@ class NodeDataplane:
         if live:
             self.router.set_neighbours(build_neighbours(dp))
             self._announce(config)
-        self.pipeline = Pipeline(self.router, len(dp.ports), self.ctnat, build_vxlan(dp))
+        self.pipeline = Pipeline(self.router, len(dp.ports), self.ctnat, build_vxlan(dp),
+                                 IpInput.from_config(dp, self.router))
 
     def attach_ports(self, ports) -> None:
         """Live ports are open: packets for the node go to the local port's kernel side."""
