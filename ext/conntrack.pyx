@@ -5,8 +5,13 @@ Layout
            (hwm) and then a LIFO free list threaded through svc_id, so nothing is touched at start.
   slots    ct_slot[2**k], 8 bytes each, k the smallest with 2**k >= 4 * capacity: the table holds
            two keys per entry, so its load factor never exceeds 0.5 and linear probes stay short.
-  Memory   128 + 32 = 160 bytes per entry for a power-of-two capacity (up to 192 otherwise):
-           1M entries = 160 MiB, 16M = 2.5 GiB. Pages are faulted in only as entries are used.
+  windows  ct_tcp_win[capacity], 64 bytes each, beside the entries (TCP updates only).
+  Memory   128 + 64 + 32 = 224 bytes per entry for a power-of-two capacity (up to 256
+           otherwise): 1M entries = 224 MiB. Pages are faulted in only as entries are used.
+
+Full table: ct_create evicts an entry that is not ASSURED (or a TCP connection already closing)
+from a hash-chosen run of EARLY_DROP_RANGE entries, as Linux's early_drop() does, so a flood of
+unanswered SYNs cannot lock out new connections; only a table full of ASSURED entries refuses.
 
 Open addressing with linear probing; a slot holds the key's full 32-bit hash, compared before the
 40-byte tuple. Deletion shifts the rest of the probe run back (no tombstones), so long runs do not
@@ -21,11 +26,20 @@ Protocol trackers follow net/netfilter/nf_conntrack_proto_{tcp,udp,sctp}.c with 
   TCP   the tcp_conntracks state table, tcp_valid_flags check, loose pick-up (tcp_loose=1),
         ignored packets (sIG) and the SYN/ACK resync, TIME_WAIT/CLOSE reopen, RFC 5961
         challenge-ACK in LAST_ACK, simultaneous open, and the timeout rules (RST -> close, SYN
-        retransmits without a reply do not refresh, unreplied pick-ups capped at
-        tcp_unacknowledged, ASSURED on the ACK after SYN_RECV or a reply to a pick-up). No window
-        tracking (sequence numbers are not seen): as with nf_conntrack_tcp_be_liberal=1, which
-        kube-proxy users often set, in-window checks pass; unlike it, out-of-window RSTs and the
-        seq/ack conditions of the resync are not checked either.
+        retransmits without a reply do not refresh, unreplied pick-ups and unacknowledged data
+        capped at tcp_unacknowledged, ASSURED on the ACK after SYN_RECV or a reply to a
+        pick-up). Window tracking is tcp_in_window(): per direction td_end / td_maxend /
+        td_maxwin / td_maxack and the window scale and SACK-permitted options of the SYNs
+        (ct_tcp_seg_parse reads them in the stage); a segment outside the window, or whose ACK
+        acknowledges unsent data, is CT_INVALID, an overly delayed ACK is let through without
+        touching the state. A RST closes the entry only at exactly the sequence number the peer
+        acknowledged (or the end of this side's last segment); below it, it is invalid; inside
+        the window but not exact, it passes and keeps the state, so the endpoint's RFC 5961
+        challenge ACK can follow (Linux also applies the CLOSE timeout then; we keep the
+        state's). Entries picked up mid-stream take the window from their first packet and stay
+        liberal, as Linux's tcp_new() makes them; tcp_be_liberal (kube-proxy's tcpBeLiberal)
+        accepts out-of-window segments everywhere. Not modelled: the retransmission counter
+        (tcp_max_retrans) and NAT sequence offsets (our NAT never changes sequence numbers).
   UDP   unreplied timeout until a reply has been seen; a packet after that refreshes to
         udp_stream and sets ASSURED (Linux >= 5.x also waits 2 s from creation: not modelled).
   SCTP  the sctp_conntracks table from chunk bits (SCTP_F_*); no verification-tag checks and no
@@ -524,8 +538,8 @@ cdef class Conntrack:
         e.flags = flags & (CT_F_DNAT | CT_F_SNAT)
         e.tcp_last = TCP_NONE_SET
         memset(e.pad, 0, sizeof(e.pad))
+        memset(&self.win[idx], 0, sizeof(ct_tcp_win))    # saved with the entry: no stale bytes
         if proto == P_TCP:
-            memset(&self.win[idx], 0, sizeof(ct_tcp_win))
             e.expires_ns = now_ns + self.tmo[<int>TMO_TCP_SYN_SENT]
         elif proto == P_UDP:
             e.expires_ns = now_ns + self.tmo[<int>TMO_UDP]
