@@ -1,13 +1,13 @@
 """Connection tracking table: Linux nf_conntrack semantics over flat, fixed-capacity memory.
 
 Layout
-  entries  ct_entry[capacity], 128 bytes each, 64-byte aligned; handed out from a bump pointer
+  entries  ct_entry[capacity], 192 bytes each, 64-byte aligned; handed out from a bump pointer
            (hwm) and then a LIFO free list threaded through svc_id, so nothing is touched at start.
   slots    ct_slot[2**k], 8 bytes each, k the smallest with 2**k >= 4 * capacity: the table holds
            two keys per entry, so its load factor never exceeds 0.5 and linear probes stay short.
-  windows  ct_tcp_win[capacity], 64 bytes each, beside the entries (TCP updates only).
-  Memory   128 + 64 + 32 = 224 bytes per entry for a power-of-two capacity (up to 256
-           otherwise): 1M entries = 224 MiB. Pages are faulted in only as entries are used.
+           The third cache line is the TCP window (only TCP updates touch it).
+  Memory   192 + 32 = 224 bytes per entry for a power-of-two capacity (up to 256 otherwise):
+           1M entries = 224 MiB. Pages are faulted in only as entries are used.
 
 Full table: ct_create evicts an entry that is not ASSURED (or a TCP connection already closing)
 from a hash-chosen run of EARLY_DROP_RANGE entries, as Linux's early_drop() does, so a flood of
@@ -185,9 +185,9 @@ cpdef enum:
     TCP_ACK = 0x10
     TCP_URG = 0x20
 
-# Entry 128 bytes keeps each entry on two whole cache lines; tuples are compared as 40 bytes.
-if sizeof(ct_entry) != 128 or sizeof(pkt_tuple) != 40:
-    raise ImportError(f"ct_entry is {sizeof(ct_entry)} bytes, expected 128")
+# Entry 192 bytes keeps each entry on three whole cache lines; tuples are compared as 40 bytes.
+if sizeof(ct_entry) != 192 or sizeof(ct_tcp_win) != 64 or sizeof(pkt_tuple) != 40:
+    raise ImportError(f"ct_entry is {sizeof(ct_entry)} bytes, expected 192")
 
 MAX_CAPACITY = 1 << 30     # slot refs hold index * 2 + dir + 1 in 32 bits
 
@@ -395,16 +395,14 @@ cdef class Conntrack:
         # calloc / aligned_alloc of this size map fresh zero pages: nothing is touched yet.
         self.slots = <ct_slot *>calloc(nslots, sizeof(ct_slot))
         self.ent = <ct_entry *>aligned_alloc(64, <size_t>capacity * sizeof(ct_entry))
-        self.win = <ct_tcp_win *>aligned_alloc(64, <size_t>capacity * sizeof(ct_tcp_win))
         self.tcp_be_liberal = bool(tcp_be_liberal)
-        if self.slots == NULL or self.ent == NULL or self.win == NULL:
+        if self.slots == NULL or self.ent == NULL:
             raise MemoryError(f"conntrack of {capacity} entries")
         self.free_head = NO_FREE
 
     def __dealloc__(self):
         free(self.slots)
         free(self.ent)
-        free(self.win)
 
     # ---- fast path -------------------------------------------------------------------------
 
@@ -432,7 +430,8 @@ cdef class Conntrack:
     cdef void ct_lookup_bulk(self, const pkt_tuple **keys, const uint32_t *hashes, int64_t *out,
                              uint8_t *dirs, uint32_t n) noexcept nogil:
         # Software pipeline, PREFETCH_DIST keys apart: key i's home slot is requested, key
-        # i - D's slot (now cached) names the entry to request, key i - 2D is looked up.
+        # i - D's slot (now cached) names the entry (and its TCP window) to request, key i - 2D
+        # is looked up.
         cdef uint32_t i, j
         cdef ct_slot *s
         cdef ct_entry *e
@@ -446,6 +445,7 @@ cdef class Conntrack:
                     e = &self.ent[(s.ref - 1) >> 1]
                     ct_prefetch(e)
                     ct_prefetch(<uint8_t *>e + 64)
+                    ct_prefetch(<uint8_t *>e + 128)     # the TCP window, read by updates next
             if i >= 2 * PREFETCH_DIST:
                 j = i - 2 * PREFETCH_DIST
                 out[j] = self._find(keys[j], hashes[j], &dirs[j])
@@ -538,7 +538,7 @@ cdef class Conntrack:
         e.flags = flags & (CT_F_DNAT | CT_F_SNAT)
         e.tcp_last = TCP_NONE_SET
         memset(e.pad, 0, sizeof(e.pad))
-        memset(&self.win[idx], 0, sizeof(ct_tcp_win))    # saved with the entry: no stale bytes
+        memset(&self.ent[idx].win, 0, sizeof(ct_tcp_win))    # saved with the entry: no stale bytes
         if proto == P_TCP:
             e.expires_ns = now_ns + self.tmo[<int>TMO_TCP_SYN_SENT]
         elif proto == P_UDP:
@@ -629,7 +629,7 @@ cdef class Conntrack:
         cdef uint8_t new = ct_tcp_tbl[dir][index][old]
         cdef uint8_t last_index = e.tcp_last & 7
         cdef uint8_t last_dir = e.tcp_last >> 3
-        cdef ct_tcp_win *w = &self.win[idx]
+        cdef ct_tcp_win *w = &self.ent[idx].win
         cdef ct_tcp_side *side
         cdef bint check_window = seg != NULL
         cdef int res
@@ -974,7 +974,7 @@ cdef class Conntrack:
         """TCP window tracking state of an entry: per direction td_end, td_maxend, td_maxwin,
         td_maxack, td_scale and flags (TCPW_*)."""
         self._check(index)
-        cdef ct_tcp_win *w = &self.win[index]
+        cdef ct_tcp_win *w = &self.ent[index].win
         return [{"td_end": w.seen[d].td_end, "td_maxend": w.seen[d].td_maxend,
                  "td_maxwin": w.seen[d].td_maxwin, "td_maxack": w.seen[d].td_maxack,
                  "td_scale": w.seen[d].td_scale, "flags": w.seen[d].flags} for d in range(2)]
@@ -1013,16 +1013,15 @@ cdef class Conntrack:
         fresh name in the same directory (O_EXCL | O_NOFOLLOW: a planted file or symlink is
         never written through) and renamed over `path` once complete."""
         cdef uint32_t i, n = 0
-        cdef size_t rec = sizeof(ct_entry) + sizeof(ct_tcp_win)
         parts = []
         for i in range(self.hwm):
             if self.ent[i].state != CT_STATE_FREE and self.ent[i].expires_ns > self.now_ns:
                 parts.append((<char *>&self.ent[i])[:sizeof(ct_entry)])
-                parts.append((<char *>&self.win[i])[:sizeof(ct_tcp_win)])
                 n += 1
         body = b"".join(parts)
-        header = _STATE_HEADER.pack(_STATE_MAGIC, STATE_VERSION, sizeof(ct_entry),
-                                    sizeof(ct_tcp_win), n, zlib.crc32(body))
+        header = _STATE_HEADER.pack(_STATE_MAGIC, STATE_VERSION,
+                                    sizeof(ct_entry) - sizeof(ct_tcp_win), sizeof(ct_tcp_win), n,
+                                    zlib.crc32(body))
         path = os.fspath(path)
         folder, name = os.path.split(os.path.abspath(path))
         tmp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
@@ -1057,7 +1056,7 @@ cdef class Conntrack:
         cdef const ct_tcp_win *rw
         cdef ct_entry *e
         cdef int64_t idx
-        cdef size_t off, size = sizeof(ct_entry) + sizeof(ct_tcp_win)
+        cdef size_t off, size = sizeof(ct_entry)
         cdef uint64_t count, k, max_tmo = 0
         cdef uint32_t n = 0, expired = 0, invalid = 0, conflict = 0
         for k in range(TMO_MAX):
@@ -1068,10 +1067,12 @@ cdef class Conntrack:
         if len(raw) < hdr or raw[:len(_STATE_MAGIC)] != _STATE_MAGIC:
             raise StateFileError(f"{path}: not a conntrack state file")
         magic, version, esize, wsize, count, crc = _STATE_HEADER.unpack_from(raw)
-        if version != STATE_VERSION or esize != sizeof(ct_entry) or wsize != sizeof(ct_tcp_win):
+        if (version != STATE_VERSION or esize != sizeof(ct_entry) - sizeof(ct_tcp_win)
+                or wsize != sizeof(ct_tcp_win)):
             raise StateFileError(f"{path}: conntrack state file version {version} with "
                                  f"{esize}+{wsize}-byte entries; this build reads version "
-                                 f"{STATE_VERSION} with {sizeof(ct_entry)}+{sizeof(ct_tcp_win)}")
+                                 f"{STATE_VERSION} with {sizeof(ct_entry) - sizeof(ct_tcp_win)}+"
+                                 f"{sizeof(ct_tcp_win)}")
         if len(raw) != hdr + count * size:
             raise StateFileError(f"{path}: truncated or padded: {count} entries need "
                                  f"{hdr + count * size} bytes, the file has {len(raw)}")
@@ -1081,7 +1082,7 @@ cdef class Conntrack:
         off = hdr
         for k in range(count):
             rec = <const ct_entry *>&data[off]
-            rw = <const ct_tcp_win *>&data[off + sizeof(ct_entry)]
+            rw = &rec.win
             off += size
             if not _record_ok(rec, rw):
                 invalid += 1
@@ -1102,7 +1103,7 @@ cdef class Conntrack:
             e.expires_ns = rec.expires_ns if rec.expires_ns - now_ns <= max_tmo else now_ns + max_tmo
             e.bytes[0], e.bytes[1] = rec.bytes[0], rec.bytes[1]
             e.packets[0], e.packets[1] = rec.packets[0], rec.packets[1]
-            memcpy(&self.win[idx], rw, sizeof(ct_tcp_win))
+            memcpy(&e.win, rw, sizeof(ct_tcp_win))
             n += 1
         self.restore_report = {"loaded": n, "expired": expired, "invalid": invalid,
                                "conflict": conflict}

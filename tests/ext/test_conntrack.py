@@ -185,7 +185,7 @@ def test_timeouts_defaults_and_overrides():
 def test_capacity_16m_allocates_without_filling():
     t = ct.Conntrack(16_777_216)
     assert t.capacity == 16_777_216 and len(t) == 0
-    assert t.memory_bytes <= 160 * t.capacity
+    assert t.memory_bytes <= 224 * t.capacity     # 192-byte entries + two 8-byte slots each
     orig, reply = nat_flow(TCP)
     i = t.create(orig, reply, now_ns=T0)
     assert find(t, reply)["index"] == i
