@@ -1,4 +1,4 @@
-"""Tests marked slow here run only when asked for (`-m slow`): the CI-sized fuzz campaign."""
+"""Tests marked slow here run only when asked for (`-m slow`)."""
 import pytest
 
 
