@@ -14,11 +14,11 @@ from dataplane.conntrack import Conntrack
 from dataplane.ctnat import CtNat
 from dataplane.lpm import LPM4, LPM6
 from dataplane.neigh import Neighbours
+from dataplane.ip_input import IpInput
 from dataplane.pipeline import Pipeline
 from dataplane.proxier import Proxier
 from dataplane.route import NH_LOCAL, Router
 from dataplane.vxlan import VxlanDecap
-from dataplane.ip_input import IpInput
 
 __all__ = ["NodeDataplane", "build_neighbours", "build_pipeline", "build_router", "build_vxlan",
            "conntrack_settings", "vtep_ip"]
@@ -60,7 +60,8 @@ def build_vxlan(dp) -> VxlanDecap | None:
 def build_pipeline(dp) -> Pipeline:
     """A pure router: parse -> route, no conntrack and no Services."""
     router = build_router(dp)
-    return Pipeline(router, len(dp.ports), vxlan=build_vxlan(dp), ip_input=IpInput.from_config(dp, router))
+    return Pipeline(router, len(dp.ports), vxlan=build_vxlan(dp),
+                    ip_input=IpInput.from_config(dp, router))
 
 
 def conntrack_settings(dp, kube_proxy: KubeProxyConfig | None, cores: int | None = None):
@@ -106,7 +107,8 @@ class NodeDataplane:
         self.dp = dp
         self.port_names = [p.name for p in dp.ports]
         size, timeouts = conntrack_settings(dp, config.kube_proxy)
-        self.conntrack = Conntrack(size, timeouts, tcp_be_liberal=(config.kube_proxy or KubeProxyConfig()).conntrack.tcp_be_liberal)
+        liberal = (config.kube_proxy or KubeProxyConfig()).conntrack.tcp_be_liberal
+        self.conntrack = Conntrack(size, timeouts, tcp_be_liberal=liberal)
         self.proxier = Proxier.from_config(
             config, conntrack=self.conntrack, algorithm=dp.service_load_balancing,
             non_masquerade_cidrs=dp.non_masquerade_cidrs)

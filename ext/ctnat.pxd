@@ -3,11 +3,14 @@ from dataplane.includes.pkt cimport burst_t, pkt_tuple
 from dataplane.conntrack cimport Conntrack, ct_entry, ct_tcp_seg
 from dataplane.lb cimport LBTable
 
+cdef enum:
+    EXH_SLOTS = 256           # Services whose nat_exhausted drops are counted apart (then "other")
+
 cdef class CtNat:
     cdef readonly Conntrack ct
     cdef readonly LBTable lb
-    cdef uint32_t exh_ids[256]       # nat_exhausted drops per Service (open addressing by id)
-    cdef uint64_t exh_counts[256]
+    cdef uint32_t exh_ids[EXH_SLOTS]     # nat_exhausted drops per Service (open addressing by id)
+    cdef uint64_t exh_counts[EXH_SLOTS]
     cdef uint64_t exh_egress         # ... of masqueraded pod egress (no Service)
     cdef uint64_t exh_other          # ... of Services beyond the table
     cdef void count_exhausted(self, uint32_t svc_id) noexcept nogil

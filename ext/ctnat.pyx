@@ -4,8 +4,12 @@ Fast path: one bulk conntrack lookup per burst; a hit is rewritten to what its e
 packet in direction ORIG leaves as invert(reply), one in direction REPLY as invert(orig)).
 Slow path, a miss: Service frontend lookup and backend choice (dataplane.lb), masquerade / NAT
 outgoing with a collision-free SNAT port, conntrack entry creation, rewrite. ICMP errors quoting
-a tracked flow are reverse-translated (RELATED). Services without endpoints are answered with a
-TCP RST or an ICMP port unreachable sent back out of the ingress port.
+a tracked flow are reverse-translated (RELATED) once they pass nf_conntrack_inet_error's checks
+(checksum, addressed to the quoted packet's source). Services without endpoints are answered
+with a TCP RST or an ICMP port unreachable sent back out of the ingress port. TCP packets carry
+their segment (sequence numbers, window, options) to conntrack's window tracking; packets it
+finds INVALID are dropped, as kube-proxy's `ct state invalid drop` does. nat_exhausted drops are
+counted per Service for the control plane.
 """
 from libc.string cimport memcmp, memcpy, memset
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
@@ -40,7 +44,6 @@ cdef enum:
     SNAT_PORT_MAX = 65535
     SNAT_ATTEMPTS = 128       # bounded retries on collision, then nat_exhausted (Cilium: 128)
     SWEEP_BUDGET = 64         # entries examined per burst by the incremental expiry
-    EXH_SLOTS = 256           # Services with nat_exhausted drops counted apart (then "other")
 
 
 cdef class CtNat:

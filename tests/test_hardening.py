@@ -325,6 +325,7 @@ def test_icmp_error_addressed_to_another_host_is_not_related():
 ])
 def test_bad_sources_are_dropped_before_conntrack(src, port, reason):
     node = Node()
+    assert node.dp.pipeline.ip_input.pod_ports == [1]       # cni0; eth0 has gateway routes
     dst = NODE_IP if ":" not in src else "fd00::2"
     l3 = IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst)
     rec, _ = node.one(l3 / TCP(sport=1234, dport=30080, flags="S"), port=port)
