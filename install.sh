@@ -11,8 +11,9 @@ PYTHON=${PYTHON:-python3}
 
 debian_packages() {
     # iproute2: namespaces, veths and taps for the live dataplane and its lab; ethtool: veth
-    # offloads; iptables/nftables: the kernel baselines of the benchmarks; gcc: the Cython build.
-    local want=(iproute2 ethtool iptables nftables procps gcc)
+    # offloads; iptables/nftables: the kernel baselines of the benchmarks; gcc: the Cython build;
+    # clang: the ASan / fuzzing build (DATAPLANE_ASAN=1, DATAPLANE_FUZZ=1).
+    local want=(iproute2 ethtool iptables nftables procps gcc clang)
     "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || want+=(python3-venv)
     "$PYTHON" - <<'PY' 2>/dev/null || want+=(python3-dev)
 import os, sys, sysconfig

@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dataplane.burst import COUNTERS, DROP_REASONS, VERDICT, Burst
-from dataplane.pcap import PcapReader, PcapWriter
+from dataplane.pcap import PcapError, PcapReader, PcapWriter
 from dataplane.tables import NodeDataplane
 from dataplane.trace import TraceWriter
 
 __all__ = ["ReplayResult", "replay"]
+
+log = logging.getLogger(__name__)
 
 TRANSMITTED = (VERDICT["forward"], VERDICT["reject"])  # frames that leave a port
 
@@ -24,6 +27,7 @@ class ReplayResult:
     drops: dict[str, int]
     port_tx: dict[str, int]
     oversize: int = 0
+    over_snaplen: int = 0
     error: str | None = field(default=None)
 
     @property
@@ -34,7 +38,7 @@ class ReplayResult:
         return {"packets": self.packets, "elapsed_s": round(self.elapsed_s, 6),
                 "pps": round(self.pps), "counters": self.counters, "drops": self.drops,
                 "ports": {name: {"tx": n} for name, n in self.port_tx.items()},
-                "oversize": self.oversize, "error": self.error}
+                "oversize": self.oversize, "over_snaplen": self.over_snaplen, "error": self.error}
 
 
 def replay(config, in_path: Path, out_path: Path, trace_path: Path | None = None,
@@ -42,7 +46,10 @@ def replay(config, in_path: Path, out_path: Path, trace_path: Path | None = None
     """Every input frame counts as received on `in_port` (default: the first port).
 
     A capture that turns corrupt part-way is processed up to the bad record; the error is
-    returned in the result with everything counted so far.
+    returned in the result with everything counted so far, and so is a capture that is bad from
+    its first byte (nothing processed): both are errors of the input, not of the configuration.
+    Records longer than their file's snaplen are processed, counted (over_snaplen) and warned
+    about.
     """
     node = NodeDataplane(config)
     port_names = node.port_names
@@ -54,7 +61,12 @@ def replay(config, in_path: Path, out_path: Path, trace_path: Path | None = None
     out_format = "pcapng" if Path(out_path).suffix == ".pcapng" else "pcap"
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        reader = stack.enter_context(PcapReader(str(in_path)))
+        try:
+            reader = stack.enter_context(PcapReader(str(in_path)))
+        except PcapError as exc:
+            return ReplayResult(0, 0.0, dict(zip(COUNTERS, map(int, pipeline.counters))),
+                                {name: 0 for name in DROP_REASONS if name != "none"},
+                                dict.fromkeys(port_names, 0), error=str(exc))
         writer = stack.enter_context(PcapWriter(str(out_path), format=out_format, nsec=reader.nsec))
         tracer = None
         if trace_path is not None:
@@ -73,6 +85,10 @@ def replay(config, in_path: Path, out_path: Path, trace_path: Path | None = None
                 tracer.write(burst)
             packets += n
         oversize = reader.oversize
+        over_snaplen = reader.over_snaplen
+    if over_snaplen:
+        log.warning("%s: %d records longer than the capture's snaplen (processed as recorded)",
+                    in_path, over_snaplen)
     elapsed = time.perf_counter() - started
     return ReplayResult(
         packets=packets,
@@ -81,6 +97,7 @@ def replay(config, in_path: Path, out_path: Path, trace_path: Path | None = None
         drops={name: int(n) for name, n in zip(DROP_REASONS, pipeline.drops) if name != "none"},
         port_tx=dict(zip(port_names, map(int, pipeline.port_tx))),
         oversize=oversize,
+        over_snaplen=over_snaplen,
         error=error,
     )
 

@@ -15,6 +15,7 @@ from dataplane.conntrack import Conntrack
 from dataplane.ctnat import CtNat
 from dataplane.lpm import LPM4, LPM6
 from dataplane.neigh import Neighbours
+from dataplane.ip_input import IpInput
 from dataplane.pipeline import Pipeline
 from dataplane.proxier import FLUSHED_PROTOCOLS, Proxier
 from dataplane.route import NH_LOCAL, Router
@@ -59,7 +60,9 @@ def build_vxlan(dp) -> VxlanDecap | None:
 
 def build_pipeline(dp) -> Pipeline:
     """A pure router: parse -> route, no conntrack and no Services."""
-    return Pipeline(build_router(dp), len(dp.ports), vxlan=build_vxlan(dp))
+    router = build_router(dp)
+    return Pipeline(router, len(dp.ports), vxlan=build_vxlan(dp),
+                    ip_input=IpInput.from_config(dp, router))
 
 
 def conntrack_settings(dp, kube_proxy: KubeProxyConfig | None, cores: int | None = None):
@@ -105,7 +108,8 @@ class NodeDataplane:
         self.dp = dp
         self.port_names = [p.name for p in dp.ports]
         size, timeouts = conntrack_settings(dp, config.kube_proxy)
-        self.conntrack = Conntrack(size, timeouts)
+        liberal = (config.kube_proxy or KubeProxyConfig()).conntrack.tcp_be_liberal
+        self.conntrack = Conntrack(size, timeouts, tcp_be_liberal=liberal)
         self.proxier = Proxier.from_config(
             config, conntrack=self.conntrack, algorithm=dp.service_load_balancing,
             non_masquerade_cidrs=dp.non_masquerade_cidrs)
@@ -115,7 +119,8 @@ class NodeDataplane:
         if live:
             self.router.set_neighbours(build_neighbours(dp))
             self._announce(_announced(config.services))
-        self.pipeline = Pipeline(self.router, len(dp.ports), self.ctnat, build_vxlan(dp))
+        self.pipeline = Pipeline(self.router, len(dp.ports), self.ctnat, build_vxlan(dp),
+                                 IpInput.from_config(dp, self.router))
 
     def attach_ports(self, ports) -> None:
         """Live ports are open: packets for the node go to the local port's kernel side."""

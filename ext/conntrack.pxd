@@ -45,6 +45,7 @@ cpdef enum:
     CT_F_CLOSE_INIT = 0x10    # TCP: a FIN started the close (allows reopen from TIME_WAIT/CLOSE)
     CT_F_SIM_OPEN = 0x20      # TCP: simultaneous open seen (SYN_SENT2)
     CT_F_CHALLENGE = 0x40     # TCP: SYN ignored in LAST_ACK, an ACK may be an RFC 5961 challenge
+    CT_F_ALL = 0x7f
 
 # ct_entry.state: one enum per protocol. TCP follows nf_conntrack_proto_tcp.c.
 cdef enum:
@@ -89,7 +90,37 @@ cdef enum ct_tmo_t:
     TMO_SCTP_SHUTDOWN_SENT, TMO_SCTP_SHUTDOWN_RECD, TMO_SCTP_SHUTDOWN_ACK_SENT,
     TMO_GENERIC, TMO_MAX
 
-# 128 bytes, two cache lines: a lookup touches the key tuple and expires_ns only.
+# TCP window tracking, nf_conntrack's ip_ct_tcp_state per direction (td_* as in Linux). Kept in
+# the entry's third cache line.
+cpdef enum:
+    TCPW_WSCALE = 0x01        # the side sent a window scale option on its SYN
+    TCPW_SACK_PERM = 0x02     # the side sent SACK-permitted
+    TCPW_MAXACK_SET = 0x04    # td_maxack is valid
+    TCPW_DATA_UNACK = 0x08    # the side has sent data its peer has not acknowledged
+    TCPW_LIBERAL = 0x10       # window checks off for this side (picked up mid-stream)
+    TCPW_ALL = 0x1f
+
+ctypedef struct ct_tcp_side:
+    uint32_t td_end           # highest seq + len sent
+    uint32_t td_maxend        # highest ack + window the peer allowed
+    uint32_t td_maxwin        # largest window the side advertised; 0 = side not seen yet
+    uint32_t td_maxack        # highest ack the side sent (TCPW_MAXACK_SET)
+    uint8_t td_scale          # window scale the side announced
+    uint8_t flags             # TCPW_*
+    uint8_t pad[2]
+
+# 64 bytes, one cache line, touched by TCP updates only.
+ctypedef struct ct_tcp_win:
+    ct_tcp_side seen[2]       # per direction CT_DIR_*
+    uint32_t last_end         # seq + len of the last packet let through (ignored SYN, RST train)
+    uint32_t last_win         # window of the last ignored SYN
+    uint8_t last_wscale       # its window scale option and TCPW_WSCALE / TCPW_SACK_PERM
+    uint8_t last_flags
+    uint8_t pad[14]
+
+# 192 bytes, three cache lines: a lookup touches the key tuples and expires_ns only (the first
+# two), a TCP update the window too. Keeping the window in the entry rather than in an array of
+# its own saves a TLB miss and a DRAM row per packet.
 ctypedef struct ct_entry:
     pkt_tuple orig            # as the initiator sent it (before NAT)
     pkt_tuple reply           # as replies arrive (after NAT)
@@ -102,6 +133,21 @@ ctypedef struct ct_entry:
     uint8_t flags             # CT_F_*
     uint8_t tcp_last          # TCP: flag class | dir << 3 of the last packet seen by the tracker
     uint8_t pad[5]
+    ct_tcp_win win            # TCP window tracking (zero for other protocols)
+
+# The TCP header fields the tracker needs, read by ct_tcp_seg_parse() from the packet.
+ctypedef struct ct_tcp_seg:
+    uint32_t seq
+    uint32_t ack
+    uint32_t sack             # highest SACK right edge, or ack
+    uint32_t end              # seq + payload length + SYN + FIN
+    uint16_t win              # raw (unscaled) window field
+    uint8_t wscale            # window scale option value (SYN), capped at 14
+    uint8_t opts              # TCPW_WSCALE / TCPW_SACK_PERM options seen; 0x80: sack is from SACK
+
+# Read a TCP segment's fields; `th` points at the TCP header, `seglen` bytes of header + payload
+# follow (the parser checked the data offset fits). False if the header does not fit.
+cdef bint ct_tcp_seg_parse(const uint8_t *th, uint32_t seglen, ct_tcp_seg *s) noexcept nogil
 
 # Hash slot: the key's 32-bit hash and ref = (index << 1 | dir) + 1, 0 meaning empty.
 ctypedef struct ct_slot:
@@ -115,10 +161,14 @@ ctypedef struct ct_stats:
     uint64_t full_drops       # ct_create() found no free entry
     uint64_t collisions       # ct_create() found the reply tuple taken
     uint64_t invalid          # ct_update() returned CT_INVALID
+    uint64_t early_drops      # unreplied entries evicted by ct_create() to make room
+    uint64_t out_of_window    # TCP packets outside the window (counted in invalid as well)
 
 
 cdef class Conntrack:
     cdef ct_entry *ent         # entries
+    cdef readonly bint tcp_be_liberal   # nf_conntrack_tcp_be_liberal: no window checks
+    cdef readonly dict restore_report   # what the last restore() loaded and skipped
     cdef ct_slot *slots
     cdef uint32_t mask        # slot count - 1 (a power of two >= 4 * capacity)
     cdef uint32_t cap
@@ -149,12 +199,13 @@ cdef class Conntrack:
     # The entry, or NULL for an index that is out of range or free.
     cdef ct_entry *ct_get(self, int64_t idx) noexcept nogil
     # Run one packet through the entry's state machine (tcp_flags: TCP flags byte, or SCTP_F_*
-    # for SCTP, ignored otherwise; nbytes: L3 length). Returns CT_ESTABLISHED / CT_REPLY
+    # for SCTP, ignored otherwise; nbytes: L3 length; seg: the TCP segment for window tracking,
+    # NULL to skip it for this packet). Returns CT_ESTABLISHED / CT_REPLY
     # (accepted), CT_INVALID or CT_REOPEN. A CT_INVALID on an entry that never accepted a packet
     # deletes it, as Linux discards an unconfirmed conntrack. A RST before any reply is accepted
     # and expires the entry at once (still readable via ct_get for this packet's rewrite).
     cdef int ct_update(self, int64_t idx, uint8_t dir, uint8_t tcp_flags, uint32_t nbytes,
-                       uint64_t now_ns) noexcept nogil
+                       uint64_t now_ns, const ct_tcp_seg *seg) noexcept nogil
     cdef void ct_delete(self, int64_t idx) noexcept nogil
     # Examine up to `budget` entries from a wrapping cursor, freeing expired ones; returns how many.
     cdef uint32_t ct_sweep(self, uint64_t now_ns, uint32_t budget) noexcept nogil
@@ -164,7 +215,10 @@ cdef class Conntrack:
     cdef void _unlink(self, uint32_t hash, uint32_t ref) noexcept nogil
     cdef void _free(self, uint32_t idx) noexcept nogil
     cdef int _tcp(self, ct_entry *e, uint32_t idx, uint8_t dir, uint8_t tcp_flags,
-                  uint32_t nbytes) noexcept nogil
+                  uint32_t nbytes, const ct_tcp_seg *seg) noexcept nogil
+    cdef int _tcp_in_window(self, ct_tcp_win *w, uint8_t old, uint8_t dir, uint8_t tcp_flags,
+                            const ct_tcp_seg *seg) noexcept nogil
+    cdef int64_t _early_drop(self, uint32_t hash) noexcept nogil
     cdef int _sctp(self, ct_entry *e, uint32_t idx, uint8_t dir, uint8_t chunks,
                    uint32_t nbytes) noexcept nogil
     cdef uint32_t _flush(self, const uint32_t *addr, uint8_t family, uint16_t port,

@@ -4,23 +4,29 @@ Fast path: one bulk conntrack lookup per burst; a hit is rewritten to what its e
 packet in direction ORIG leaves as invert(reply), one in direction REPLY as invert(orig)).
 Slow path, a miss: Service frontend lookup and backend choice (dataplane.lb), masquerade / NAT
 outgoing with a collision-free SNAT port, conntrack entry creation, rewrite. ICMP errors quoting
-a tracked flow are reverse-translated (RELATED). Services without endpoints are answered with a
-TCP RST or an ICMP port unreachable sent back out of the ingress port.
+a tracked flow are reverse-translated (RELATED) once they pass nf_conntrack_inet_error's checks
+(checksum, addressed to the quoted packet's source). Services without endpoints are answered
+with a TCP RST or an ICMP port unreachable sent back out of the ingress port. TCP packets carry
+their segment (sequence numbers, window, options) to conntrack's window tracking; packets it
+finds INVALID are dropped, as kube-proxy's `ct state invalid drop` does. nat_exhausted drops are
+counted per Service for the control plane.
 """
 from libc.string cimport memcmp, memcpy, memset
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 
 from dataplane.includes.pkt cimport (
-    burst_t, pkt_meta, pkt_tuple, pkt_drop, BURST_SIZE, V_PENDING, V_REJECT, L3_IP4, L3_IP6,
-    PKT_F_L4, PKT_F_LATER_FRAG, PKT_F_ICMP_ERROR, PKT_F_INNER_L4,
+    burst_t, pkt_meta, pkt_tuple, pkt_drop, pkt_data, BURST_SIZE, V_PENDING, V_REJECT, L3_IP4,
+    L3_IP6, PKT_F_L4, PKT_F_LATER_FRAG, PKT_F_ICMP_ERROR, PKT_F_INNER_L4, PKT_F_CSUM_PARTIAL,
+    DROP_BAD_L4_CSUM,
     CNT_CT_NEW, CNT_CT_ESTABLISHED, CNT_CT_REPLY, CNT_CT_RELATED, CNT_DNAT, CNT_SNAT, CNT_REJECT,
     DROP_CT_FULL, DROP_NO_ENDPOINT, DROP_SRC_RANGE, DROP_NAT_EXHAUSTED, DROP_INVALID_STATE,
     DROP_TRUNCATED,
 )
 from dataplane.conntrack cimport (
-    Conntrack, ct_entry, CT_DIR_ORIG, CT_DIR_REPLY, CT_ESTABLISHED, CT_REPLY, CT_INVALID,
-    CT_REOPEN, CT_ERR_FULL, CT_ERR_COLLISION, CT_F_DNAT, CT_F_SNAT,
+    Conntrack, ct_entry, ct_tcp_seg, ct_tcp_seg_parse, CT_DIR_ORIG, CT_DIR_REPLY, CT_ESTABLISHED,
+    CT_REPLY, CT_INVALID, CT_REOPEN, CT_ERR_FULL, CT_ERR_COLLISION, CT_F_DNAT, CT_F_SNAT,
 )
+from dataplane.csum cimport csum_add, csum_fold, pseudo6
 from dataplane.lb cimport LBTable, lb_backend, LB_OK, LB_REJECT, LB_DROP, LB_SRC_DENIED, LB_MASQ
 from dataplane.nat cimport nat_rewrite, nat_rewrite_icmp_error, build_tcp_rst, build_icmp_unreach
 from dataplane.parse cimport tuple_hash
@@ -44,6 +50,30 @@ cdef class CtNat:
     def __cinit__(self, Conntrack ct not None, LBTable lb not None):
         self.ct = ct
         self.lb = lb
+
+    def nat_exhausted(self):
+        """nat_exhausted drops per Service: {service_id: count} (LBTable.service_key_id() names
+        the Service port; 0 is pod traffic masqueraded on its way out of the cluster, None
+        Services beyond the first EXH_SLOTS)."""
+        out = {self.exh_ids[k]: self.exh_counts[k] for k in range(EXH_SLOTS) if self.exh_ids[k]}
+        if self.exh_egress:
+            out[0] = self.exh_egress
+        if self.exh_other:
+            out[None] = self.exh_other
+        return out
+
+    cdef void count_exhausted(self, uint32_t svc_id) noexcept nogil:
+        cdef uint32_t k, j
+        if svc_id == 0:
+            self.exh_egress += 1
+            return
+        for k in range(EXH_SLOTS):
+            j = (svc_id + k) % EXH_SLOTS
+            if self.exh_ids[j] == svc_id or self.exh_ids[j] == 0:
+                self.exh_ids[j] = svc_id
+                self.exh_counts[j] += 1
+                return
+        self.exh_other += 1
 
     def set_lb(self, LBTable lb not None):
         """Switch to a new table generation; takes effect from the next burst."""
@@ -97,12 +127,17 @@ cdef class CtNat:
         """Handle packet i; returns True when the conntrack table changed."""
         cdef pkt_meta *m = &b.meta[i]
         cdef int st
+        cdef ct_tcp_seg seg
+        cdef const ct_tcp_seg *segp = NULL
         if m.flags & PKT_F_ICMP_ERROR:
             if hit >= 0:
                 self.related(b, i, hit, dir, cnt, drops)
             return False
+        if m.t.proto == IPPROTO_TCP and ct_tcp_seg_parse(
+                pkt_data(b, i) + m.l4_off, m.l3_len - (m.l4_off - m.l3_off), &seg):
+            segp = &seg
         if hit >= 0:
-            st = self.ct.ct_update(hit, dir, m.tcp_flags, m.l3_len, now_ns)
+            st = self.ct.ct_update(hit, dir, m.tcp_flags, m.l3_len, now_ns, segp)
             if st == CT_INVALID:
                 pkt_drop(b, i, DROP_INVALID_STATE, drops)
                 return True
@@ -111,10 +146,10 @@ cdef class CtNat:
                 self.translate(b, i, self.ct.ct_get(hit), dir, drops)
                 return False
             # A SYN on a closed entry starts a new connection, possibly to a new backend.
-        return self.new_flow(b, i, now_ns, cnt, drops)
+        return self.new_flow(b, i, now_ns, segp, cnt, drops)
 
-    cdef bint new_flow(self, burst_t *b, uint32_t i, uint64_t now_ns, uint64_t *cnt,
-                       uint64_t *drops) noexcept nogil:
+    cdef bint new_flow(self, burst_t *b, uint32_t i, uint64_t now_ns, const ct_tcp_seg *seg,
+                       uint64_t *cnt, uint64_t *drops) noexcept nogil:
         cdef pkt_meta *m = &b.meta[i]
         cdef pkt_tuple reply
         cdef lb_backend be
@@ -159,7 +194,7 @@ cdef class CtNat:
         e = self.create(b, i, &reply, ct_flags, svc_id, backend_id, now_ns, drops)
         if e < 0:
             return e != CT_ERR_FULL  # a full table changed nothing
-        if self.ct.ct_update(e, CT_DIR_ORIG, m.tcp_flags, m.l3_len, now_ns) == CT_INVALID:
+        if self.ct.ct_update(e, CT_DIR_ORIG, m.tcp_flags, m.l3_len, now_ns, seg) == CT_INVALID:
             pkt_drop(b, i, DROP_INVALID_STATE, drops)
             return True
         cnt[CNT_CT_NEW] += 1
@@ -197,6 +232,7 @@ cdef class CtNat:
             if e != CT_ERR_COLLISION:
                 break
         pkt_drop(b, i, DROP_NAT_EXHAUSTED, drops)
+        self.count_exhausted(svc_id)
         return CT_ERR_COLLISION
 
     cdef void translate(self, burst_t *b, uint32_t i, ct_entry *e, uint8_t dir,
@@ -219,6 +255,20 @@ cdef class CtNat:
         cdef const pkt_tuple *other = &e.reply if dir == CT_DIR_ORIG else &e.orig
         cdef pkt_meta *m = &b.meta[i]
         cdef const uint32_t *outer_src = NULL
+        cdef const uint8_t *p = pkt_data(b, i)
+        cdef uint32_t n = m.l3_len - (m.l4_off - m.l3_off)
+        cdef uint64_t acc
+        # nf_conntrack_inet_error(): a valid ICMP checksum, and the error must be addressed to
+        # the source of the packet it quotes, which is this direction's destination.
+        if not m.flags & PKT_F_CSUM_PARTIAL:
+            acc = csum_add(p + m.l4_off, n, 0 if m.l3 == L3_IP4
+                           else pseudo6(p + m.l3_off, m.t.proto, n))
+            if csum_fold(acc) != 0xffff:
+                pkt_drop(b, i, DROP_BAD_L4_CSUM, drops)
+                return
+        if memcmp(m.t.daddr, this_t.daddr, 16) != 0:
+            pkt_drop(b, i, DROP_INVALID_STATE, drops)
+            return
         if memcmp(m.t.saddr, this_t.saddr, 16) == 0:
             outer_src = other.daddr
         if nat_rewrite_icmp_error(b, i, other, outer_src, other.saddr) != 0:

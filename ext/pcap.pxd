@@ -27,6 +27,7 @@ cdef class PcapReader:
     cdef bint first_nsec
     cdef readonly uint64_t packets_read
     cdef readonly uint64_t oversize     # records larger than a slot (delivered empty, flagged)
+    cdef readonly uint64_t over_snaplen # records whose captured length exceeds their snaplen
     # Where the last read stopped on bad input; pos stays on the bad record, so the next fill
     # meets the same error again (that is how a partial burst is returned before raising).
     cdef int err

@@ -352,6 +352,8 @@ cdef class PcapReader:
                 err = self._fail(E_CAPLEN_EOF, pos, caplen)
                 break
             ts = <uint64_t>rd32(d + pos, swap) * 1000000000ULL + <uint64_t>rd32(d + pos + 4, swap) * self.frac_mul
+            if self.ifaces[0].snaplen and caplen > self.ifaces[0].snaplen:
+                self.over_snaplen += 1      # a writer bug or a doctored file: read, but counted
             if not emit(b, n, d + pos + 16, caplen, lt, port_in, ts):
                 self.oversize += 1
             n += 1
@@ -439,6 +441,8 @@ cdef class PcapReader:
                     if caplen > body_len - 20:
                         err = self._fail(E_CAPLEN_BLOCK, pos, caplen)
                         break
+                    if f.snaplen and caplen > f.snaplen:
+                        self.over_snaplen += 1
                     ts = iface_ts(f, (<uint64_t>rd32(body + 4, swap) << 32) | rd32(body + 8, swap))
                     body += 20
                 if not emit(b, n, body, caplen, f.linktype, port_in, ts):

@@ -1,5 +1,5 @@
-"""The node pipeline: parse -> VXLAN decap -> neighbours (live mode) -> conntrack/Service NAT ->
-route (VXLAN encap included), one nogil call per burst.
+"""The node pipeline: parse -> VXLAN decap -> neighbours (live mode) -> input checks ->
+conntrack/Service NAT -> route (VXLAN encap included), one nogil call per burst.
 
 Stages only touch packets whose verdict is still pending, so each stage is a plain loop and
 the pipeline is the order of the calls. Counters are numpy arrays the control plane reads
@@ -17,6 +17,7 @@ from dataplane.ctnat cimport CtNat
 from dataplane.parse cimport parse_burst
 from dataplane.route cimport Router
 from dataplane.vxlan cimport VxlanDecap
+from dataplane.ip_input cimport IpInput
 
 cnp.import_array()
 
@@ -25,10 +26,11 @@ __all__ = ["Pipeline"]
 
 cdef class Pipeline:
     def __cinit__(self, Router router not None, unsigned int n_ports, CtNat ctnat=None,
-                  VxlanDecap vxlan=None):
+                  VxlanDecap vxlan=None, IpInput ip_input=None):
         self.router = router
         self.ctnat = ctnat
         self.vxlan = vxlan
+        self.ip_input = ip_input
         self.n_ports = n_ports
         self.counters = np.zeros(<int>CNT_N_COUNTERS, dtype=np.uint64)
         self.drops = np.zeros(<int>DROP_N_REASONS, dtype=np.uint64)
@@ -62,6 +64,8 @@ cdef class Pipeline:
             self.vxlan.decap_burst(b, self.cnt, self.drp)
         if self.router.neigh is not None:
             self.router.neigh.neigh_burst(b, now_ns, self.cnt, self.drp)
+        if self.ip_input is not None:
+            self.ip_input.input_burst(b, self.cnt, self.drp)
         if self.ctnat is not None:
             self.ctnat.run(b, now_ns, self.cnt, self.drp)
         self.router.route_burst(b, now_ns, self.cnt, self.drp)

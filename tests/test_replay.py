@@ -180,6 +180,37 @@ def test_corrupt_capture_keeps_what_was_good(tmp_path, write_config, capsys):
     assert len(rdpcap(str(out))) == 2
 
 
+@pytest.mark.parametrize("content", [b"", b"\x00" * 3, b"GIF89a" + b"\x00" * 40,
+                                     b"\xd4\xc3\xb2\xa1" + b"\x00" * 10])
+def test_capture_corrupt_from_offset_0_exits_1_like_corruption_part_way(
+        tmp_path, write_config, capsys, content):
+    """Exit status 2 is for a bad configuration; a bad capture is an input error (1) wherever
+    it breaks."""
+    inp = tmp_path / "in.pcap"
+    inp.write_bytes(content)
+    code = main(["replay", "--config", str(write_config(CONFIG)), str(inp), "-o",
+                 str(tmp_path / "o.pcap"), "--json"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert json.loads(captured.out)["packets"] == 0
+    assert str(inp) in captured.err and "offset 0" in captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_record_longer_than_the_snaplen_is_counted_and_warned(tmp_path, write_config, capsys,
+                                                              caplog):
+    inp = tmp_path / "in.pcap"
+    wrpcap(str(inp), [ether() / IP(src="10.244.0.11", dst="10.244.1.5") / UDP() / (b"x" * 200)])
+    raw = bytearray(inp.read_bytes())
+    raw[16:20] = (100).to_bytes(4, "little")      # global header snaplen 100 < caplen 242
+    inp.write_bytes(bytes(raw))
+    code = main(["replay", "--config", str(write_config(CONFIG)), str(inp), "-o",
+                 str(tmp_path / "o.pcap"), "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary["packets"] == 1 and summary["over_snaplen"] == 1
+    assert "snaplen" in caplog.text
+
+
 def test_unsupported_linktype_is_a_clear_error(shared_pcaps, tmp_path, write_config, capsys):
     code = main(["replay", "--config", str(write_config(CONFIG)),
                  str(shared_pcaps / "tcpdump__e1000g.pcap"), "-o", str(tmp_path / "o.pcap")])

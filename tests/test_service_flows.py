@@ -7,6 +7,7 @@ through parse -> conntrack/NAT -> route, and read back as `--trace` records and 
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 
 import pytest
@@ -20,6 +21,7 @@ from dataplane.tables import NodeDataplane
 from dataplane.trace import trace_record
 
 NODE_IP, NODE_IP6 = "192.168.0.2", "fd00::2"
+LOCAL_PODS = (ipaddress.ip_network("10.244.0.0/24"), ipaddress.ip_network("fd00:244::/64"))
 NODE_MAC = "02:00:00:00:00:01"
 
 DATAPLANE = f"""
@@ -135,7 +137,12 @@ class Node:
         self.dp = NodeDataplane(loads(text))
         self.index = 0
 
-    def send(self, *pkts, port="eth0"):
+    def send(self, *pkts, port=None):
+        """Packets arrive where their source lives: this node's pods behind cni0, the rest on
+        eth0 (the input stage drops a local pod's address arriving on the uplink)."""
+        if port is None:
+            src = ipaddress.ip_address(pkts[0].src)
+            port = "cni0" if any(src in n for n in LOCAL_PODS) else "eth0"
         burst = Burst(max(1, len(pkts)))
         burst.extend([bytes(Ether(src="02:00:00:00:00:aa", dst=NODE_MAC) / p) for p in pkts],
                      port_in=self.dp.port_names.index(port))
@@ -280,7 +287,7 @@ def test_reject_answers_come_back_to_the_client():
     node = Node()
     (rst, frame), = node.send(IP(src="10.244.0.11", dst="10.96.0.99") / TCP(sport=4444, dport=80,
                                                                              flags="S", seq=41))
-    assert rst["verdict"] == "reject" and rst["port"] == "eth0"
+    assert rst["verdict"] == "reject" and rst["port"] == "cni0"    # back where the SYN came from
     assert frame[IP].src == "10.96.0.99" and frame[IP].dst == "10.244.0.11"
     assert frame[TCP].flags == "RA" and frame[TCP].ack == 42 and frame[TCP].dport == 4444
     (unreach, frame), = node.send(IP(src="10.244.0.11", dst="10.96.0.99") / UDP(sport=4444,
@@ -370,7 +377,8 @@ def test_replay_cli_with_services(tmp_path, capsys):
     from scapy.all import wrpcap
     wrpcap(str(tmp_path / "in.pcap"), pkts)
     code = main(["replay", "--config", str(cfg), str(tmp_path / "in.pcap"), "-o",
-                 str(tmp_path / "out.pcap"), "--trace", str(tmp_path / "t.jsonl"), "--json"])
+                 str(tmp_path / "out.pcap"), "--trace", str(tmp_path / "t.jsonl"), "--json",
+                 "--in-port", "cni0"])
     summary = json.loads(capsys.readouterr().out)
     assert code == 0
     assert summary["counters"]["dnat"] == 10 and summary["counters"]["reject"] == 1
@@ -380,16 +388,27 @@ def test_replay_cli_with_services(tmp_path, capsys):
     assert {r["out"]["dport"] for r in records[:10]} == {8080}
 
 
-def test_full_conntrack_drops_new_flows_only():
+def test_full_conntrack_early_drops_unreplied_then_refuses_new_flows():
     node = Node(CLUSTER.replace("clusterCIDRs:", "conntrackSize: 4\nclusterCIDRs:"))
-    first = node.send(*[IP(src="10.244.0.11", dst="10.96.0.10") / TCP(sport=100 + k, dport=80)
+    first = node.send(*[IP(src="10.244.0.11", dst="10.96.0.53") / UDP(sport=100 + k, dport=53)
                         for k in range(4)])
     assert all(rec["verdict"] == "forward" for rec, _ in first)
-    (full, _), = node.send(IP(src="10.244.0.11", dst="10.96.0.10") / TCP(sport=999, dport=80))
+    # Full of unanswered flows: a new one evicts one of them, as Linux's early_drop does.
+    (evict, _), = node.send(IP(src="10.244.0.11", dst="10.96.0.53") / UDP(sport=999, dport=53))
+    assert evict["verdict"] == "forward"
+    assert node.dp.conntrack.stats()["early_drops"] == 1
+    # Answered and used again, every entry is ASSURED: nothing may be evicted any more.
+    for e in node.dp.conntrack.entries():
+        o, r = e["orig"], e["reply"]
+        node.send(IP(src=r["src"], dst=r["dst"]) / UDP(sport=r["sport"], dport=r["dport"]))
+        node.send(IP(src=o["src"], dst=o["dst"]) / UDP(sport=o["sport"], dport=o["dport"]))
+    assert all("ASSURED" in e["flags"] for e in node.dp.conntrack.entries())
+    (full, _), = node.send(IP(src="10.244.0.11", dst="10.96.0.53") / UDP(sport=998, dport=53))
     assert (full["verdict"], full["reason"]) == ("drop", "ct_full")
-    # Established connections keep working at a full table.
-    (retry, _), = node.send(IP(src="10.244.0.11", dst="10.96.0.10") / TCP(sport=100, dport=80))
-    assert endpoint(retry["out"]) == endpoint(first[0][0]["out"])
+    kept = node.dp.conntrack.entries()[0]["orig"]
+    (retry, _), = node.send(IP(src=kept["src"], dst=kept["dst"]) / UDP(sport=kept["sport"],
+                                                                       dport=53))
+    assert retry["verdict"] == "forward"
 
 
 def test_maglev_keeps_most_flows_when_an_endpoint_goes():

@@ -31,7 +31,13 @@
   _(POLICY, "policy")                 /* dropped by policy */             \
   _(INVALID_STATE, "invalid_state")   /* conntrack: out of window etc. */\
   _(BAD_VXLAN, "bad_vxlan")           /* to our VXLAN port: unknown VNI, */\
-                                      /* I flag clear, cut off */
+                                      /* I flag clear, cut off */       \
+  _(BAD_L4_CSUM, "bad_l4_csum")       /* ICMP error with a bad checksum */\
+  _(MARTIAN_SRC, "martian_src")       /* source no host may use (127/8, */\
+                                      /* multicast, class E, ...) */    \
+  _(SPOOFED_SRC, "spoofed_src")       /* a source of ours (node IP, a */ \
+                                      /* local pod) from outside */     \
+  _(RPF, "rpf")                       /* pod port: not the pod's address*/
 
 typedef enum {
 #define _(sym, str) DROP_##sym,

@@ -101,13 +101,19 @@ def test_counters_per_direction():
 
 
 def test_full_table_returns_full_and_existing_entries_still_work():
+    """A table full of ASSURED entries has nothing to early-drop: the new flow is refused."""
     t = ct.Conntrack(4)
     idx = [t.create(*nat_flow(UDP, cport=1000 + k, node_port=2000 + k), now_ns=T0)
            for k in range(4)]
     assert all(i >= 0 for i in idx)
+    for i in idx:
+        t.update(i, ORIG, 0, 10, T0)
+        t.update(i, REPLY, 0, 10, T0)
+        t.update(i, ORIG, 0, 10, T0)
+        assert "ASSURED" in t.entry(i)["flags"]
     extra = nat_flow(UDP, cport=5000, node_port=6000)
     assert t.create(*extra, now_ns=T0) == CT_ERR_FULL
-    assert t.stats()["full_drops"] == 1
+    assert t.stats()["full_drops"] == 1 and t.stats()["early_drops"] == 0
     assert find(t, extra[0]) is None
     for k, i in enumerate(idx):
         orig, reply = nat_flow(UDP, cport=1000 + k, node_port=2000 + k)
@@ -179,7 +185,7 @@ def test_timeouts_defaults_and_overrides():
 def test_capacity_16m_allocates_without_filling():
     t = ct.Conntrack(16_777_216)
     assert t.capacity == 16_777_216 and len(t) == 0
-    assert t.memory_bytes <= 160 * t.capacity
+    assert t.memory_bytes <= 224 * t.capacity     # 192-byte entries + two 8-byte slots each
     orig, reply = nat_flow(TCP)
     i = t.create(orig, reply, now_ns=T0)
     assert find(t, reply)["index"] == i
@@ -578,20 +584,20 @@ def test_randomized_against_dict_model(seed):
     clients = [tup(f"10.0.{c >> 8}.{c & 255}", "10.96.0.10", 1000 + c % 50, 53, UDP)
                for c in range(1500)]
     replies = [tup("10.244.0.9", "10.0.0.9", 53, 20000 + p, UDP) for p in range(1500)]
-    model = {}                                   # index -> [orig, reply, expires_ns]
+    model = {}                      # index -> [orig, reply, expires_ns, seen_reply, assured]
 
     def key(d):
         return (d["src"], d["dst"], d["sport"], d["dport"])
 
     def live_keys():
         out = {}
-        for i, (o, r, _) in model.items():
+        for i, (o, r, *_) in model.items():
             out[key(o)] = (i, ORIG)
             out[key(r)] = (i, REPLY)
         return out
 
     def reclaim_if_expired(d):
-        for i, (o, r, exp) in list(model.items()):
+        for i, (o, r, exp, *_) in list(model.items()):
             if key(d) in (key(o), key(r)) and exp <= now:
                 del model[i]
 
@@ -610,9 +616,15 @@ def test_randomized_against_dict_model(seed):
                 want = CT_ERR_COLLISION if key(r) in keys else \
                     CT_ERR_FULL if len(model) == cap else None
             got = t.create(o, r, now_ns=now)
+            if want == CT_ERR_FULL and got >= 0:
+                # early_drop: the victim's index is freed and reused at once; only an entry
+                # that is not ASSURED (or already expired) may be the victim.
+                assert got in model and (not model[got][4] or model[got][2] <= now), step
+                del model[got]
+                want = None
             if want is None:
                 assert got >= 0 and got not in model
-                model[got] = [o, r, now + 100 * S]
+                model[got] = [o, r, now + 100 * S, False, False]
             else:
                 assert got == want, (step, got, want)
         elif op < 0.63 and model:
@@ -621,8 +633,11 @@ def test_randomized_against_dict_model(seed):
             del model[i]
         elif op < 0.8 and model:
             i = rng.choice(list(model))
-            t.update(i, rng.choice([ORIG, REPLY]), 0, 10, now)
+            d = rng.choice([ORIG, REPLY])
+            t.update(i, d, 0, 10, now)
             model[i][2] = now + 100 * S
+            model[i][4] = model[i][4] or model[i][3]     # UDP: ASSURED once a reply was seen
+            model[i][3] = model[i][3] or d == REPLY
         elif op < 0.82:
             t.sweep(now, cap)                    # full pass: every expired entry goes
             for i in [i for i, m in model.items() if m[2] <= now]:
@@ -634,13 +649,13 @@ def test_randomized_against_dict_model(seed):
             want = live_keys().get(key(d))
             assert (None if r is None else (r["index"], r["dir"])) == want, step
         if step % 500 == 0 or step == 5999:
-            for i, (o, r, exp) in list(model.items()):
+            for i, (o, r, exp, *_) in list(model.items()):
                 if exp > now:
                     assert find(t, o)["index"] == i and find(t, r)["dir"] == REPLY
             assert len(t) == len(model)
     s = t.stats()
-    assert s["created"] == s["deleted"] + s["expired"] + len(t)
-    assert s["full_drops"] > 0 and s["expired"] > 0 and s["collisions"] > 0   # load reached
+    assert s["created"] == s["deleted"] + s["expired"] + s["early_drops"] + len(t)
+    assert s["early_drops"] > 0 and s["expired"] > 0 and s["collisions"] > 0   # load reached
 
 
 def test_save_and_restore_keep_established_connections(tmp_path):
