@@ -232,6 +232,7 @@ def test_probes_ask_kube_proxys_health_server():
 def test_daemonset_has_only_the_privileges_it_needs():
     pod, container = _pod(), _container()
     assert pod["hostNetwork"] is True
+    assert pod["dnsPolicy"] == "Default"   # cluster DNS is a Service: not there before we run
     security = container["securityContext"]
     assert security["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}
     assert security["privileged"] is False and security["allowPrivilegeEscalation"] is False
