@@ -15,15 +15,12 @@ from typing import Callable
 from dataplane.config.loader import KINDS, parse_object
 from dataplane.events import ObjectEvent, ObjectStore, key_of
 from .reflector import Reflector, Resource
+from .resources import ENDPOINT_SLICES, NODES, SERVICE_CIDRS, SERVICES, WATCHED
 
 __all__ = ["ApiSource", "ENDPOINT_SLICES", "NODES", "PROXY_LABEL_SELECTOR", "SERVICE_CIDRS", "SERVICES"]
 
 log = logging.getLogger("dataplane.k8s")
 
-SERVICES = Resource("", "v1", "services", "Service", True)
-ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True)
-SERVICE_CIDRS = Resource("networking.k8s.io", "v1", "servicecidrs", "ServiceCIDR", False)
-NODES = Resource("", "v1", "nodes", "Node", False)
 
 # kube-proxy's informers skip objects another proxy owns and headless Services' endpoints
 # (cmd/kube-proxy/app/server.go: noProxyName, noHeadlessEndpoints), server-side.
@@ -36,7 +33,7 @@ class ApiSource:
     every resource has been listed once (kube-proxy's "informers synced")."""
 
     def __init__(self, connection, node_name: str, submit: Callable[[list[ObjectEvent]], None],
-                 resources=(SERVICES, ENDPOINT_SLICES, SERVICE_CIDRS, NODES)):
+                 resources=WATCHED):
         self.connection = connection
         self.node_name = node_name
         self.submit = submit
