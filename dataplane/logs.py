@@ -35,4 +35,3 @@ def setup_logging(verbosity: int = 0, stream=None) -> None:
     root = logging.getLogger("dataplane")
     root.handlers[:] = [handler]
     root.setLevel(level)
-    root.propagate = False
