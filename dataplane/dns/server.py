@@ -1,0 +1,146 @@
+"""The node's DNS server: UDP and TCP listeners in front of a Resolver, and DnsService, the API
+`dataplane run` and `dataplane dns` use (zone events in, a fast-path table out)."""
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from dataplane.config.dataplane import DnsConfig
+
+from .resolver import Resolver, recv_message, system_upstreams
+from .wire import BadQuery, header_error, parse_query
+from .zone import Zone
+
+TCP_IDLE_S = 10.0       # RFC 7766 6.2.3: close idle connections after seconds, not minutes
+
+
+class DnsServer:
+    """UDP and TCP on one address and port. Zone answers are built on the receiving thread;
+    forwarded queries wait for upstream on a small pool so they never hold up the others."""
+
+    def __init__(self, resolver: Resolver, host: str, port: int, workers: int = 16):
+        self.resolver = resolver
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.udp = socket.socket(family, socket.SOCK_DGRAM)
+        self.tcp = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.udp.bind((host, port))
+            self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.tcp.bind((host, self.udp.getsockname()[1]))  # port 0: TCP takes the port UDP got
+            self.tcp.listen(128)
+        except OSError:
+            self.udp.close()
+            self.tcp.close()
+            raise
+        self.address = self.udp.getsockname()[:2]
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="dns-forward")
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._serve_udp, name="dns-udp", daemon=True),
+                         threading.Thread(target=self._serve_tcp, name="dns-tcp", daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        for s in (self.udp, self.tcp):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+        for t in self._threads:
+            t.join(timeout=2)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _serve_udp(self) -> None:
+        resolver = self.resolver
+        while not self._stop.is_set():
+            try:
+                data, peer = self.udp.recvfrom(65535)
+            except OSError:
+                return
+            try:
+                q = parse_query(data)
+            except BadQuery as e:
+                if e.rcode is not None:
+                    self._send(header_error(data, e.rcode), peer)
+                continue
+            wire = resolver.local(q, udp=True)
+            if wire is not None:
+                self._send(wire, peer)
+            else:
+                self._pool.submit(lambda q=q, peer=peer: self._send(resolver.forward(q, udp=True), peer))
+
+    def _send(self, wire: bytes | None, peer) -> None:
+        if wire is not None:
+            try:
+                self.udp.sendto(wire, peer)
+            except OSError as e:  # a peer gone away must not stop the server
+                print(f"dataplane dns: reply to {peer[0]}: {e.strerror or e}", file=sys.stderr)
+
+    def _serve_tcp(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.tcp.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve_conn, args=(conn,), daemon=True).start()
+
+    def _serve_conn(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(TCP_IDLE_S)
+            while not self._stop.is_set():
+                try:
+                    data = recv_message(conn)
+                    if data is None:
+                        return
+                    wire = self.resolver.handle(data, udp=False)
+                    if wire is None:
+                        return
+                    conn.sendall(struct.pack("!H", len(wire)) + wire)
+                except OSError:
+                    return
+
+
+class DnsService:
+    """Cluster DNS for one node. Feed it objects (load_config, or the informer handlers
+    on_service / on_endpoint_slice / on_pod / on_namespace), serve it (start / stop), and give the
+    fast path its table (compile_stage_table, to swap into the DNS stage between bursts)."""
+
+    def __init__(self, settings: DnsConfig, zone: Zone | None = None):
+        self.settings = settings
+        self.zone = zone or Zone(settings)
+        self.resolver = Resolver(self.zone, settings.upstreams or system_upstreams())
+        self.server: DnsServer | None = None
+        self.on_service = self.zone.on_service
+        self.on_endpoint_slice = self.zone.on_endpoint_slice
+        self.on_pod = self.zone.on_pod
+        self.on_namespace = self.zone.on_namespace
+        self.load_config = self.zone.load_config
+
+    def start(self, listen: tuple[str, int]) -> tuple[str, int]:
+        """Serve UDP and TCP on (host, port); returns the bound address (port 0 picks one)."""
+        self.server = DnsServer(self.resolver, *listen)
+        return self.server.address
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+    def service_ips(self) -> tuple:
+        """Cluster IPs of the cluster DNS Service (settings.service), the addresses pods query."""
+        ns, name = self.settings.service.split("/")
+        svc = self.zone.services().get((ns, name))
+        return svc.cluster_ips if svc is not None else ()
+
+    def compile_stage_table(self, addresses=None):
+        """A DnsTable of the zone's hot answers for the fast path, answering queries sent to
+        `addresses` (default: the cluster DNS Service's cluster IPs) on UDP port 53."""
+        from .stage import compile_table
+        return compile_table(self.zone, self.service_ips() if addresses is None else
+                             tuple(ipaddress.ip_address(a) for a in addresses))
