@@ -2,6 +2,7 @@
 `dataplane run` and `dataplane dns` use (zone events in, a fast-path table out)."""
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import struct
@@ -24,18 +25,7 @@ class DnsServer:
 
     def __init__(self, resolver: Resolver, host: str, port: int, workers: int = 16):
         self.resolver = resolver
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.udp = socket.socket(family, socket.SOCK_DGRAM)
-        self.tcp = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            self.udp.bind((host, port))
-            self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.tcp.bind((host, self.udp.getsockname()[1]))  # port 0: TCP takes the port UDP got
-            self.tcp.listen(128)
-        except OSError:
-            self.udp.close()
-            self.tcp.close()
-            raise
+        self.udp, self.tcp = _bind(host, port)
         self.address = self.udp.getsockname()[:2]
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="dns-forward")
         self._stop = threading.Event()
@@ -104,6 +94,27 @@ class DnsServer:
                     conn.sendall(struct.pack("!H", len(wire)) + wire)
                 except OSError:
                     return
+
+
+def _bind(host: str, port: int) -> tuple[socket.socket, socket.socket]:
+    """UDP and TCP sockets on one port; with port 0, a port free for both (UDP picks, TCP may
+    find it taken and then we pick again)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for attempt in range(32):
+        udp = socket.socket(family, socket.SOCK_DGRAM)
+        tcp = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            udp.bind((host, port))
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            tcp.bind((host, udp.getsockname()[1]))
+            tcp.listen(128)
+            return udp, tcp
+        except OSError as e:
+            udp.close()
+            tcp.close()
+            if port or e.errno != errno.EADDRINUSE or attempt == 31:
+                raise
+    raise AssertionError("unreachable")
 
 
 class DnsService:
