@@ -87,8 +87,8 @@ class DnsConfig:
                 "serverIPs": [str(a) for a in self.server_ips], "service": self.service}
 
 
-def host_port(default_port: int) -> Callable[[str], tuple[IPAddress, int]]:
-    """ADDR[:PORT], IPv6 as [ADDR]:PORT or a bare ADDR."""
+def host_port(default_port: int, lowest: int = 1) -> Callable[[str], tuple[IPAddress, int]]:
+    """ADDR[:PORT], IPv6 as [ADDR]:PORT or a bare ADDR; ports from `lowest` (0: pick one) to 65535."""
     def parse(value: str) -> tuple[IPAddress, int]:
         host, port = value, default_port
         if value.startswith("["):
@@ -96,17 +96,17 @@ def host_port(default_port: int) -> Callable[[str], tuple[IPAddress, int]]:
             if not sep or (rest and not rest.startswith(":")):
                 raise ValueError(f"must be ADDR, ADDR:PORT or [IPv6]:PORT, got {value!r}")
             if rest:
-                port = _port_number(rest[1:], value)
+                port = _port_number(rest[1:], value, lowest)
         elif value.count(":") == 1:
             host, _, rest = value.partition(":")
-            port = _port_number(rest, value)
+            port = _port_number(rest, value, lowest)
         return ip_address(host), port
     return parse
 
 
-def _port_number(text: str, value: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise ValueError(f"port must be 1-65535 in {value!r}")
+def _port_number(text: str, value: str, lowest: int) -> int:
+    if not text.isdigit() or not lowest <= int(text) <= 65535:
+        raise ValueError(f"port must be {lowest}-65535 in {value!r}")
     return int(text)
 
 

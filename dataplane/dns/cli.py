@@ -24,7 +24,7 @@ def register(sub) -> None:
                     "object is reported and skipped.")
     d.add_argument("--config", required=True, type=Path, metavar="PATH",
                    help="YAML/JSON file or directory of objects (none needs to be a DataplaneConfiguration)")
-    d.add_argument("--listen", required=True, type=_arg(host_port(53)), metavar="ADDR[:PORT]",
+    d.add_argument("--listen", required=True, type=_arg(host_port(53, lowest=0)), metavar="ADDR[:PORT]",
                    help="address to serve UDP and TCP on (port 53 by default, 0 picks one)")
     d.add_argument("--cluster-domain", type=_arg(dns_domain), metavar="DOMAIN",
                    help="the cluster domain (default: cluster.local)")
