@@ -14,7 +14,7 @@ from collections import OrderedDict
 from dnslib import QTYPE, RR, DNSRecord
 
 from .wire import (RCODE_BADVERS, RCODE_REFUSED, RCODE_SERVFAIL, BadQuery, Query, error, finish, header_error,
-                   pack_answer, parse_query)
+                   pack_answer, parse_query, set_tc)
 from .zone import Zone
 
 CLASS_IN, CLASS_ANY = 1, 255
@@ -100,11 +100,15 @@ class Resolver:
             q = parse_query(data)
         except BadQuery as e:
             return None if e.rcode is None else header_error(data, e.rcode)
+        return self.answer(q, udp)
+
+    def answer(self, q: Query, udp: bool) -> bytes:
         wire = self.local(q, udp)
         return wire if wire is not None else self.forward(q, udp)
 
-    def local(self, q: Query, udp: bool) -> bytes | None:
-        """The answer when this server is authoritative for the name; None: ask upstream."""
+    def local(self, q: Query, udp: bool, chase: bool = True) -> bytes | None:
+        """The answer when this server is authoritative for the name; None: ask upstream (or,
+        with chase False, an ExternalName whose target must be looked up upstream)."""
         if q.edns and q.edns_version > 0:
             return error(q, RCODE_BADVERS)
         zone = self.zone
@@ -115,6 +119,8 @@ class Resolver:
         ans = zone.resolve(q.qname, q.qtype)
         answers = ans.answers
         if ans.external is not None and q.qtype != QTYPE.CNAME:
+            if not chase:
+                return None
             chased = self.lookup(ans.external, q.qtype, udp=False)
             if chased is not None:
                 answers += tuple(chased.rr)
@@ -126,6 +132,8 @@ class Resolver:
         msg = self._cached(q.qname, q.qtype, q.qclass, q.do, q.data, udp)
         if msg is None:
             return error(q, RCODE_SERVFAIL)
+        if msg.header.tc:   # a partial answer: the client must not take it as whole
+            return finish(q, set_tc(pack_answer(q, msg.header.rcode, aa=False)), udp)
         return finish(q, pack_answer(q, msg.header.rcode, msg.rr, msg.auth, msg.ar, aa=False), udp)
 
     def lookup(self, name: str, qtype: int, udp: bool = True) -> DNSRecord | None:
@@ -167,7 +175,8 @@ class Resolver:
                 msg = DNSRecord.parse(reply)
             except Exception:  # a malformed upstream answer: try the next one
                 continue
-            if not msg.questions or str(msg.q.qname).lower().rstrip(".") != name:
+            # The question must be ours; some servers leave it out of a truncated answer.
+            if (str(msg.q.qname).lower().rstrip(".") != name) if msg.questions else not msg.header.tc:
                 continue
             if msg.header.rcode == 2:
                 continue    # SERVFAIL: another upstream may do better

@@ -59,11 +59,11 @@ class DnsServer:
                 if e.rcode is not None:
                     self._send(header_error(data, e.rcode), peer)
                 continue
-            wire = resolver.local(q, udp=True)
+            wire = resolver.local(q, udp=True, chase=False)
             if wire is not None:
                 self._send(wire, peer)
-            else:
-                self._pool.submit(lambda q=q, peer=peer: self._send(resolver.forward(q, udp=True), peer))
+            else:   # upstream (or an ExternalName's target): never on this thread
+                self._pool.submit(lambda q=q, peer=peer: self._send(resolver.answer(q, udp=True), peer))
 
     def _send(self, wire: bytes | None, peer) -> None:
         if wire is not None:

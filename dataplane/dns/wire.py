@@ -140,14 +140,16 @@ def header_error(data: bytes, rcode: int) -> bytes:
     return struct.pack("!6H", qid, 0x8000 | (flags & 0x7900) | rcode, 0, 0, 0, 0)
 
 
+def set_tc(wire: bytes) -> bytes:
+    return wire[:2] + struct.pack("!H", struct.unpack_from("!H", wire, 2)[0] | 0x0200) + wire[4:]
+
+
 def finish(q: Query, wire: bytes, udp: bool, ext_rcode: int = 0) -> bytes:
     """Add the OPT record when the query had one, and truncate to the client's size over UDP:
     header and question with TC set, so the client asks again over TCP (RFC 7766)."""
     opt = opt_record(q, ext_rcode) if q.edns else b""
     if len(wire) + len(opt) > q.limit(udp):
-        end = 12 + len(q.qname_wire) + 4
-        head = bytearray(wire[:end])
-        struct.pack_into("!H", head, 2, struct.unpack_from("!H", wire, 2)[0] | 0x0200)
+        head = bytearray(set_tc(wire[:12 + len(q.qname_wire) + 4]))
         struct.pack_into("!4H", head, 4, 1, 0, 0, 0)
         wire = bytes(head)
     if opt:

@@ -43,6 +43,7 @@ SCHEMA_VERSION = "1.1.0"
 T_A, T_AAAA, T_SRV, T_PTR, T_CNAME, T_TXT, T_SOA, T_NS = (
     QTYPE.A, QTYPE.AAAA, QTYPE.SRV, QTYPE.PTR, QTYPE.CNAME, QTYPE.TXT, QTYPE.SOA, QTYPE.NS)
 HOT_TYPES = (T_A, T_AAAA, T_SRV)
+MAX_CNAME_CHAIN = 8
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 Records = dict[int, tuple[RR, ...]]   # qtype -> records of one name
@@ -99,8 +100,8 @@ class Zone:
         self._slices_by_service: dict[tuple[str, str], set[tuple[str, str]]] = {}
         self._pods: dict[tuple[str, str], Pod] = {}
         self._namespaces: dict[str, Namespace] = {}
+        self._pod_names: dict = {}             # (namespace, pod IP) -> pod name
         self.snapshot = Snapshot(serial=int(time.time()))
-        self._soa = None
 
     # ---- updates ----
 
@@ -116,7 +117,7 @@ class Zone:
                     self._slices_by_service.setdefault((s.namespace, s.service_name), set()).add(key)
             self._pods = {(p.namespace, p.name): p for p in pods}
             self._namespaces = {n.name: n for n in namespaces}
-            snap = Snapshot(namespaces=self._namespace_set(), pod_ips=self._pod_ips())
+            snap = Snapshot(namespaces=self._namespace_set(), pod_ips=self._pod_ips())  # before the names
             self._publish(snap, {key: self._service_names(key) for key in self._services}, full=True)
 
     def load_config(self, config) -> None:
@@ -155,7 +156,12 @@ class Zone:
                 self._pods.pop((old.namespace, old.name), None)
             if new is not None:
                 self._pods[(new.namespace, new.name)] = new
-            self._publish(self._with(pod_ips=self._pod_ips(), namespaces=self._namespace_set()), {})
+            keys = set()
+            if self.settings.endpoint_pod_names:  # endpoint names of its namespace may follow the pod
+                spaces = {p.namespace for p in (old, new) if p is not None}
+                keys = {k for k in self._services if k[0] in spaces}
+            snap = self._with(pod_ips=self._pod_ips(), namespaces=self._namespace_set())
+            self._publish(snap, {k: self._service_names(k) for k in keys})
 
     def on_namespace(self, old: Namespace | None, new: Namespace | None) -> None:
         with self._lock:
@@ -198,11 +204,15 @@ class Zone:
         return frozenset(self._namespaces) | {ns for ns, _ in self._services} | {ns for ns, _ in self._pods}
 
     def _pod_ips(self) -> dict:
+        """Pod IP -> namespaces of the live pods that have it (and the pod names, for
+        endpoint_pod_names). Host-network pods are left out: their IPs are their nodes'."""
         ips: dict = {}
+        self._pod_names = {}
         for p in self._pods.values():
             if not p.terminal and not p.host_network:
                 for ip in p.ips:
                     ips.setdefault(ip, set()).add(p.namespace)
+                    self._pod_names[(p.namespace, ip)] = p.name
         return {ip: frozenset(ns) for ip, ns in ips.items()}
 
     # ---- records of one Service ----
@@ -232,10 +242,8 @@ class Zone:
         """endpoint_pod_names: the endpoint's pod (its targetRef) names it, if a DNS label."""
         if not self.settings.endpoint_pod_names:
             return None
-        for p in self._pods.values():
-            if p.namespace == namespace and ip in p.ips and not p.terminal and _DNS_LABEL.fullmatch(p.name):
-                return p.name
-        return None
+        name = self._pod_names.get((namespace, ip))
+        return name if name and _DNS_LABEL.fullmatch(name) else None
 
     def _service_names(self, key: tuple[str, str]) -> ServiceNames | None:
         svc = self._services.get(key)
@@ -347,9 +355,9 @@ class Zone:
             return None
         return self._group([self._addr_rr(name, ip)])
 
-    def resolve(self, qname: str, qtype: int) -> Answer:
+    def resolve(self, qname: str, qtype: int, snap: Snapshot | None = None, depth: int = 0) -> Answer:
         """The answer for a question about a name in the zone (in_zone) or a reverse name."""
-        snap = self.snapshot
+        snap = snap or self.snapshot
         name = lower_name(qname)
         if not self.in_zone(name):
             targets = snap.ptrs.get(name)
@@ -363,8 +371,11 @@ class Zone:
         if cname and qtype != T_CNAME:
             target = lower_name(str(cname[0].rdata.label))
             if self.in_zone(target):
-                chased = self.resolve(target, qtype)
-                return Answer(chased.rcode, cname + chased.answers, chased.authority, chased.additional)
+                if depth >= MAX_CNAME_CHAIN:    # ExternalName Services naming each other in a loop
+                    return Answer(0, cname)
+                chased = self.resolve(target, qtype, snap, depth + 1)
+                return Answer(chased.rcode, cname + chased.answers, chased.authority, chased.additional,
+                              chased.external)
             return Answer(0, cname, external=target)
         if qtype == QTYPE.ANY:
             answers = tuple(rr for t in sorted(recs) for rr in recs[t])

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 from dnslib import QTYPE, RR, SOA, A, DNSRecord
-from dnslib.server import BaseResolver, DNSLogger, DNSServer
+from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
 
 from dataplane.config import load
 from dataplane.config.dataplane import DnsConfig
@@ -25,7 +25,10 @@ class Upstream(BaseResolver):
         self.queries.append((str(request.q.qname).lower(), request.q.qtype))
         reply = request.reply()
         ip = UPSTREAM_A.get(str(request.q.qname).lower())
-        if ip and request.q.qtype == QTYPE.A:
+        if str(request.q.qname).lower() == "big.example.org.":    # 60 A records: ~1 kB
+            for k in range(60):
+                reply.add_answer(RR(request.q.qname, QTYPE.A, ttl=300, rdata=A(f"192.0.2.{k + 1}")))
+        elif ip and request.q.qtype == QTYPE.A:
             reply.add_answer(RR(request.q.qname, QTYPE.A, ttl=300, rdata=A(ip)))
         elif not ip:
             reply.header.rcode = 3
@@ -34,13 +37,28 @@ class Upstream(BaseResolver):
         return reply
 
 
+class ClassicHandler(DNSHandler):
+    udplen = 512     # truncates UDP answers as RFC 1035 servers do (dnslib's default sends them whole)
+
+
 @pytest.fixture(scope="session")
 def upstream():
+    """The upstream on UDP and TCP, one port."""
     resolver = Upstream()
-    server = DNSServer(resolver, "127.0.0.1", 0, logger=DNSLogger("-request,-reply,-truncated,-error,-recv,-send,-data"))
-    server.start_thread()
-    yield resolver, server.server.server_address[1]
-    server.stop()
+    quiet = DNSLogger("-request,-reply,-truncated,-error,-recv,-send,-data")
+    for _ in range(20):     # the port UDP got may be taken for TCP: pick again
+        udp = DNSServer(resolver, "127.0.0.1", 0, logger=quiet, handler=ClassicHandler)
+        port = udp.server.server_address[1]
+        try:
+            tcp = DNSServer(resolver, "127.0.0.1", port, tcp=True, logger=quiet)
+            break
+        except OSError:
+            udp.server.server_close()
+    udp.start_thread()
+    tcp.start_thread()
+    yield resolver, port
+    udp.stop()
+    tcp.stop()
 
 
 @pytest.fixture(scope="session")

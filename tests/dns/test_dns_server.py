@@ -308,3 +308,86 @@ def test_bad_messages_get_an_error_or_nothing(server):
         assert reply[:2] == b"\x12\x35" and reply[3] & 0xF == 4                      # NOTIMP
         s.sendto(b"\x01", (host, port))                                              # not even a header: ignored
         assert ask(server, f"kubernetes.default.svc.{Z}").answer                     # and still serving
+
+
+def _zone(text, **settings):
+    from dataclasses import replace as _replace
+    from dataplane.config.dataplane import DnsConfig
+    from dataplane.dns import Zone
+    zone = Zone(_replace(DnsConfig(), **settings))
+    zone.load_config(loads(text))
+    return zone
+
+
+NAMED = """
+apiVersion: v1
+kind: Service
+metadata: {name: named, namespace: default}
+spec: {clusterIP: None, ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: named-1, namespace: default, labels: {kubernetes.io/service-name: named}}
+addressType: IPv4
+ports: [{name: http, port: 80, protocol: TCP}]
+endpoints: [{addresses: [10.244.1.50]}, {addresses: [10.244.1.51], hostname: fixed}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client-0, namespace: default}
+spec: {containers: [{name: c, image: x}]}
+status: {phase: Running, podIP: 10.244.1.50}
+"""
+
+
+def test_endpoint_pod_names():
+    """CoreDNS endpoint_pod_names: an endpoint without a hostname is named after its pod."""
+    from dnslib import QTYPE
+    plain, named = _zone(NAMED), _zone(NAMED, endpoint_pod_names=True)
+    assert plain.resolve(f"10-244-1-50.named.default.svc.{Z}", QTYPE.A).answers
+    assert named.resolve(f"10-244-1-50.named.default.svc.{Z}", QTYPE.A).rcode == 3
+    assert str(named.resolve(f"client-0.named.default.svc.{Z}", QTYPE.A).answers[0].rdata) == "10.244.1.50"
+    assert named.resolve(f"fixed.named.default.svc.{Z}", QTYPE.A).answers       # a hostname still wins
+    srv = {str(rr.rdata.target) for rr in named.resolve(f"_http._tcp.named.default.svc.{Z}", QTYPE.SRV).answers}
+    assert srv == {f"client-0.named.default.svc.{Z}", f"fixed.named.default.svc.{Z}"}
+    pod = loads(NAMED).pods[0]
+    from dataclasses import replace as _replace
+    renamed = _replace(pod, name="client-1")
+    named.on_pod(pod, renamed)                  # the endpoint's name follows its pod
+    assert named.resolve(f"client-1.named.default.svc.{Z}", QTYPE.A).answers
+    assert named.resolve(f"client-0.named.default.svc.{Z}", QTYPE.A).rcode == 3
+
+
+def test_externalname_loop_ends():
+    from dnslib import QTYPE
+    zone = _zone("""
+apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: default}
+spec: {type: ExternalName, externalName: b.default.svc.cluster.local}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b, namespace: default}
+spec: {type: ExternalName, externalName: a.default.svc.cluster.local}
+""")
+    ans = zone.resolve(f"a.default.svc.{Z}", QTYPE.A)
+    assert ans.rcode == 0 and 2 <= len(ans.answers) <= 10 and all(rr.rtype == QTYPE.CNAME for rr in ans.answers)
+
+
+def test_namespace_events_decide_nxdomain_or_nodata():
+    from dnslib import QTYPE
+    from dataplane.config.workloads import Namespace
+    zone = _zone("")
+    assert zone.resolve(f"team.svc.{Z}", QTYPE.A).rcode == 3
+    zone.on_namespace(None, Namespace("team", {}))
+    assert zone.resolve(f"team.svc.{Z}", QTYPE.A).rcode == 0
+    zone.on_namespace(Namespace("team", {}), None)
+    assert zone.resolve(f"team.svc.{Z}", QTYPE.A).rcode == 3
+
+
+def test_truncated_upstream_answer_stays_truncated_and_tcp_gets_it_whole(server):
+    udp = ask(server, "big.example.org.")
+    assert udp.flags & dns.flags.TC and not udp.answer          # never a partial answer as if whole
+    tcp = ask(server, "big.example.org.", tcp=True)             # we ask upstream over TCP in turn
+    assert not tcp.flags & dns.flags.TC and len(tcp.answer[0]) == 60
