@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataplane.config.dataplane import DnsConfig
 
 from .resolver import Resolver, recv_message, system_upstreams
+from .stage import TableCompiler
 from .wire import BadQuery, header_error, parse_query
 from .zone import Zone
 
@@ -127,6 +128,7 @@ class DnsService:
         self.zone = zone or Zone(settings)
         self.resolver = Resolver(self.zone, settings.upstreams or system_upstreams())
         self.server: DnsServer | None = None
+        self._compiler = TableCompiler(self.zone)
         self.on_service = self.zone.on_service
         self.on_endpoint_slice = self.zone.on_endpoint_slice
         self.on_pod = self.zone.on_pod
@@ -151,7 +153,7 @@ class DnsService:
 
     def compile_stage_table(self, addresses=None):
         """A DnsTable of the zone's hot answers for the fast path, answering queries sent to
-        `addresses` (default: the cluster DNS Service's cluster IPs) on UDP port 53."""
-        from .stage import compile_table
-        return compile_table(self.zone, self.service_ips() if addresses is None else
-                             tuple(ipaddress.ip_address(a) for a in addresses))
+        `addresses` (default: the cluster DNS Service's cluster IPs) on UDP port 53. Only the
+        Services changed since the previous call are packed again."""
+        return self._compiler.compile(self.service_ips() if addresses is None else
+                                      tuple(ipaddress.ip_address(a) for a in addresses))

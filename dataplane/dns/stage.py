@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataplane.dnsstage import DnsTable
 
 from .wire import Query, pack_answer, strip_header_question
-from .zone import Zone
+from .zone import HOT_TYPES, ServiceNames, Snapshot, Zone
 
 
 def wire_name(name: str) -> bytes:
@@ -16,19 +16,38 @@ def wire_name(name: str) -> bytes:
     return out + b"\x00"
 
 
-def hot_entries(zone: Zone):
-    """(wire name, qtype, records, an, ns, ar) per hot answer, as the control plane packs it."""
-    for name, qtype in zone.hot_names():
-        ans = zone.resolve(name, qtype)
-        if ans.rcode or not ans.answers or ans.external:
-            continue
-        key = wire_name(name)
-        q = Query(b"", 0, 0, key, name, qtype, 1, False, 512, 0, False)
-        rrs, an, ns, ar = strip_header_question(pack_answer(q, 0, ans.answers, ans.authority, ans.additional), len(key))
-        if len(rrs) <= 65535:
-            yield key, qtype, rrs, an, ns, ar
+def _entries(zone: Zone, names: ServiceNames, snap: Snapshot) -> list[tuple]:
+    """(wire name, qtype, records, an, ns, ar) per hot answer of one Service. Its answers and
+    their additional records only involve the Service's own names, so they stay valid for as
+    long as its ServiceNames object does."""
+    out = []
+    for name, recs in names.names.items():
+        for qtype in HOT_TYPES:
+            if not recs.get(qtype):
+                continue
+            ans = zone.resolve(name, qtype, snap)
+            key = wire_name(name)
+            q = Query(b"", 0, 0, key, name, qtype, 1, False, 512, 0, False)
+            rrs, an, ns, ar = strip_header_question(
+                pack_answer(q, 0, ans.answers, ans.authority, ans.additional), len(key))
+            if len(rrs) <= 65535:
+                out.append((key, qtype, rrs, an, ns, ar))
+    return out
 
 
-def compile_table(zone: Zone, addresses, port: int = 53) -> DnsTable:
-    """A new table for the stage; the caller swaps it into the pipeline between bursts."""
-    return DnsTable(hot_entries(zone), addresses, port)
+class TableCompiler:
+    """Builds DnsTables from a zone, repacking only the Services that changed since the last one."""
+
+    def __init__(self, zone: Zone):
+        self.zone = zone
+        self._packed: dict[tuple[str, str], tuple[ServiceNames, list[tuple]]] = {}
+
+    def compile(self, addresses, port: int = 53) -> DnsTable:
+        """A new table for the stage; the caller swaps it into the pipeline between bursts."""
+        snap = self.zone.snapshot
+        packed = {}
+        for key, names in snap.services.items():
+            hit = self._packed.get(key)
+            packed[key] = hit if hit is not None and hit[0] is names else (names, _entries(self.zone, names, snap))
+        self._packed = packed
+        return DnsTable((e for _, entries in packed.values() for e in entries), addresses, port)

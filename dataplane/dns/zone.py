@@ -182,21 +182,22 @@ class Zone:
                         changes.get("namespaces", s.namespaces), changes.get("pod_ips", s.pod_ips), s.serial)
 
     def _publish(self, base: Snapshot, changed: dict[tuple[str, str], ServiceNames | None], full=False) -> None:
-        services = dict(base.services) if not full else {}
-        ptrs = {k: list(v) for k, v in base.ptrs.items()} if not full else {}
+        """A new snapshot: base with the changed Services' names replaced (copy on write)."""
+        services = {} if full else dict(base.services)
+        ptrs = {} if full else dict(base.ptrs)
         for key, names in changed.items():
             old = services.pop(key, None)
-            if old is not None:
-                for rev, target in old.ptrs.items():
-                    ptrs[rev].remove(target)
-                    if not ptrs[rev]:
-                        del ptrs[rev]
+            for rev, target in (old.ptrs.items() if old is not None else ()):
+                left = tuple(t for t in ptrs[rev] if t != target)
+                if left:
+                    ptrs[rev] = left
+                else:
+                    del ptrs[rev]
             if names is not None:
                 services[key] = names
                 for rev, target in names.ptrs.items():
-                    ptrs.setdefault(rev, []).append(target)
-        self.snapshot = Snapshot(services, {k: tuple(v) for k, v in ptrs.items()}, base.namespaces,
-                                 base.pod_ips, int(time.time()))
+                    ptrs[rev] = ptrs.get(rev, ()) + (target,)
+        self.snapshot = Snapshot(services, ptrs, base.namespaces, base.pod_ips, int(time.time()))
 
     def _namespace_set(self) -> frozenset[str]:
         # A namespace exists when its object does; configurations without Namespace objects
@@ -251,11 +252,13 @@ class Zone:
             return None
         base = f"{svc.name}.{svc.namespace}.svc.{self.domain}".lower()
         names: dict[str, dict[int, list[RR]]] = {}
+        seen: set[tuple[str, int, str]] = set()
 
         def add(name: str, rr: RR) -> None:
-            recs = names.setdefault(name, {}).setdefault(rr.rtype, [])
-            if all(r.rdata != rr.rdata for r in recs):
-                recs.append(rr)
+            key = (name, rr.rtype, str(rr.rdata))
+            if key not in seen:
+                seen.add(key)
+                names.setdefault(name, {}).setdefault(rr.rtype, []).append(rr)
 
         ptrs: dict[str, str] = {}
         if svc.type == "ExternalName":

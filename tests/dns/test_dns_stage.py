@@ -13,7 +13,6 @@ from dataplane.burst import COUNTERS, Burst
 from dataplane.config import loads
 from dataplane.config.dataplane import DnsConfig
 from dataplane.dns import DnsService
-from dataplane.dns.stage import compile_table
 from dataplane.parse import parse
 from dataplane.tables import NodeDataplane
 
@@ -226,3 +225,26 @@ def test_table_rejects_bad_entries():
     with pytest.raises(ValueError):
         DnsTable([(b"\x03foo\x00", 1, b"", 0, 0, 0)] * 2, [DNS4])   # duplicate
     assert DnsTable([], [ipaddress.ip_address(DNS6)]).lookup(b"\x00", 1) is None
+
+
+def test_recompiling_repacks_only_changed_services(config):
+    from dataplane.dns import stage
+    service = DnsService(replace(DnsConfig(), upstreams=()))
+    service.load_config(config)
+    first = service.compile_stage_table([DNS4])
+    packed = []
+    real = stage._entries
+    stage._entries = lambda zone, names, snap: packed.append(names) or real(zone, names, snap)
+    try:
+        web = next(s for s in config.services if s.name == "kubernetes")
+        moved = replace(web, cluster_ips=(ipaddress.ip_address("10.96.0.2"),))
+        service.on_service(web, moved)
+        second = service.compile_stage_table([DNS4])
+    finally:
+        stage._entries = real
+    assert len(packed) == 1 and len(second) == len(first)
+    q = query("kubernetes.default.svc.cluster.local.")
+    for table, want in ((first, "10.96.0.1"), (second, "10.96.0.2")):   # the old table is untouched
+        b, n = run(table, frame(q))
+        assert n == 1 and DNS(check_reply(b, 0)).an[0].rdata == want
+    assert check_reply(run(second, frame(q))[0], 0) == service.resolver.handle(q, udp=True)
