@@ -11,6 +11,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from dataplane.config.dataplane import DnsConfig
+from dataplane.config.k8s import Endpoint, EndpointPort, EndpointSlice
 
 from .resolver import Resolver, recv_message, system_upstreams
 from .stage import TableCompiler
@@ -150,6 +151,24 @@ class DnsService:
         ns, name = self.settings.service.split("/")
         svc = self.zone.services().get((ns, name))
         return svc.cluster_ips if svc is not None else ()
+
+    def node_endpoint_slices(self, node_name: str, node_ips, port: int = 53) -> tuple[EndpointSlice, ...]:
+        """The cluster DNS Service's endpoints when this node serves it: the node itself, one
+        slice per address family, with the Service's port names (kube-proxy matches endpoint
+        ports by name) on `port`. Given to the proxier instead of the Service's own slices, the
+        queries the stage leaves pending are DNATed to this node's server."""
+        ns, name = self.settings.service.split("/")
+        svc = self.zone.services().get((ns, name))
+        if svc is None:
+            return ()
+        ports = tuple(EndpointPort(p.name, p.protocol, port) for p in svc.ports)
+        out = []
+        for family in (4, 6):
+            ips = tuple(ipaddress.ip_address(a) for a in node_ips if ipaddress.ip_address(a).version == family)
+            if ips:
+                out.append(EndpointSlice(ns, f"{name}-node-local-ipv{family}", name, f"IPv{family}",
+                                         (Endpoint(ips[:1], node_name=node_name),), ports))
+        return tuple(out)
 
     def compile_stage_table(self, addresses=None):
         """A DnsTable of the zone's hot answers for the fast path, answering queries sent to

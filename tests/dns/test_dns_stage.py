@@ -248,3 +248,38 @@ def test_recompiling_repacks_only_changed_services(config):
         b, n = run(table, frame(q))
         assert n == 1 and DNS(check_reply(b, 0)).an[0].rdata == want
     assert check_reply(run(second, frame(q))[0], 0) == service.resolver.handle(q, udp=True)
+
+
+def test_node_serves_the_dns_service_hot_in_the_stage_the_rest_through_nat(service, config):
+    """The intended wiring inside `dataplane run`: kube-dns's endpoint is the node itself; hot
+    queries are answered by the stage, the others are DNATed to the node's own server."""
+    import dataclasses
+    node_cfg = loads(f"""
+apiVersion: dataplane/v1alpha1
+kind: DataplaneConfiguration
+nodeName: node-1
+nodeIPs: [192.168.0.2]
+clusterCIDRs: [10.244.0.0/16]
+localPort: host
+ports:
+  - {{name: eth0, mac: "02:00:00:00:00:aa"}}
+  - {{name: pod1, mac: "{NODE_MAC}"}}
+  - {{name: host, mac: "02:00:00:00:00:bb", type: tap, proxyARP: true}}
+routes:
+  - {{prefix: 10.244.1.9/32, port: pod1, mac: "{CLIENT_MAC}"}}
+  - {{prefix: 0.0.0.0/0, port: eth0, via: 192.168.0.1, mac: "02:00:00:00:00:fe"}}
+""")
+    slices = service.node_endpoint_slices("node-1", ["192.168.0.2"])
+    assert [(s.name, s.address_type, [p.name for p in s.ports]) for s in slices] == \
+        [("kube-dns-node-local-ipv4", "IPv4", ["dns", "dns-tcp"])]
+    node = NodeDataplane(dataclasses.replace(node_cfg, services=config.services,
+                                             endpoint_slices=config.endpoint_slices + slices))
+    node.pipeline.dns = service.compile_stage_table()          # the kube-dns cluster IP, 10.96.0.10
+    hot, other = query("kubernetes.default.svc.cluster.local."), query("dns-version.cluster.local.", "TXT")
+    b = Burst(2)
+    b.append(frame(hot), port_in=1)
+    b.append(frame(other, sport=33334), port_in=1)
+    node.pipeline.process(b, now_ns=1)
+    assert b.meta(0)["verdict"] == "forward" and check_reply(b, 0, port=1) == service.resolver.handle(hot, udp=True)
+    assert b.meta(1)["t"]["dst"] == "192.168.0.2" and b.meta(1)["t"]["dport"] == 53   # to the node's server
+    assert node.pipeline.counters[COUNTERS.index("dnat")] == 1
