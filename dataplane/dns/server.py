@@ -2,6 +2,7 @@
 `dataplane run` and `dataplane dns` use (zone events in, a fast-path table out)."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import socket
@@ -15,18 +16,23 @@ from dataplane.config.k8s import Endpoint, EndpointPort, EndpointSlice
 
 from .resolver import Resolver, recv_message, system_upstreams
 from .stage import TableCompiler
-from .wire import BadQuery, header_error, parse_query
+from .wire import RCODE_REFUSED, BadQuery, error, header_error, parse_query
 from .zone import Zone
 
 TCP_IDLE_S = 10.0       # RFC 7766 6.2.3: close idle connections after seconds, not minutes
+MAX_FORWARDS = 1000     # queries waiting for upstream; more are REFUSED (CoreDNS forward's max_concurrent)
+MAX_TCP = 256           # open TCP connections; more are closed at once
 
 
 class DnsServer:
     """UDP and TCP on one address and port. Zone answers are built on the receiving thread;
     forwarded queries wait for upstream on a small pool so they never hold up the others."""
 
-    def __init__(self, resolver: Resolver, host: str, port: int, workers: int = 16):
+    def __init__(self, resolver: Resolver, host: str, port: int, workers: int = 16,
+                 max_forwards: int = MAX_FORWARDS, max_tcp: int = MAX_TCP):
         self.resolver = resolver
+        self._forwards = threading.BoundedSemaphore(max_forwards)
+        self._connections = threading.BoundedSemaphore(max_tcp)
         self.udp, self.tcp = _bind(host, port)
         self.address = self.udp.getsockname()[:2]
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="dns-forward")
@@ -64,8 +70,16 @@ class DnsServer:
             wire = resolver.local(q, udp=True, chase=False)
             if wire is not None:
                 self._send(wire, peer)
-            else:   # upstream (or an ExternalName's target): never on this thread
-                self._pool.submit(lambda q=q, peer=peer: self._send(resolver.answer(q, udp=True), peer))
+            elif self._forwards.acquire(blocking=False):   # upstream: never on this thread
+                self._pool.submit(self._forward, q, peer)
+            else:
+                self._send(error(q, RCODE_REFUSED), peer)
+
+    def _forward(self, q, peer) -> None:
+        try:
+            self._send(self.resolver.answer(q, udp=True), peer)
+        finally:
+            self._forwards.release()
 
     def _send(self, wire: bytes | None, peer) -> None:
         if wire is not None:
@@ -80,10 +94,13 @@ class DnsServer:
                 conn, _ = self.tcp.accept()
             except OSError:
                 return
+            if not self._connections.acquire(blocking=False):
+                conn.close()
+                continue
             threading.Thread(target=self._serve_conn, args=(conn,), daemon=True).start()
 
     def _serve_conn(self, conn: socket.socket) -> None:
-        with conn:
+        with conn, _released(self._connections):
             conn.settimeout(TCP_IDLE_S)
             while not self._stop.is_set():
                 try:
@@ -96,6 +113,14 @@ class DnsServer:
                     conn.sendall(struct.pack("!H", len(wire)) + wire)
                 except OSError:
                     return
+
+
+@contextlib.contextmanager
+def _released(sem: threading.BoundedSemaphore):
+    try:
+        yield
+    finally:
+        sem.release()
 
 
 def _bind(host: str, port: int) -> tuple[socket.socket, socket.socket]:

@@ -391,3 +391,32 @@ def test_truncated_upstream_answer_stays_truncated_and_tcp_gets_it_whole(server)
     assert udp.flags & dns.flags.TC and not udp.answer          # never a partial answer as if whole
     tcp = ask(server, "big.example.org.", tcp=True)             # we ask upstream over TCP in turn
     assert not tcp.flags & dns.flags.TC and len(tcp.answer[0]) == 60
+
+
+def test_queries_waiting_for_upstream_are_bounded(config):
+    """A silent upstream: beyond max_forwards waiting queries, the next ones are REFUSED at once
+    (CoreDNS forward's max_concurrent) while the zone is still answered."""
+    import socket
+    from dataplane.config.dataplane import DnsConfig
+    from dataplane.dns import DnsService
+    from dataplane.dns.server import DnsServer
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    service = DnsService(DnsConfig(upstreams=((ipaddress.ip_address("127.0.0.1"), silent.getsockname()[1]),)))
+    service.load_config(config)
+    service.resolver.timeout = 1.0
+    service.server = DnsServer(service.resolver, "127.0.0.1", 0, max_forwards=2)
+    try:
+        host, port = service.server.address
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.settimeout(3)
+            for k in range(4):
+                c.sendto(dns.message.make_query(f"n{k}.example.org.", "A", id=k).to_wire(), (host, port))
+            first = [dns.message.from_wire(c.recv(512)) for _ in range(2)]
+            assert sorted(m.id for m in first) == [2, 3] and {m.rcode() for m in first} == {dns.rcode.REFUSED}
+            assert ask(service, f"kubernetes.default.svc.{Z}").answer
+            rest = [dns.message.from_wire(c.recv(512)) for _ in range(2)]
+            assert {m.rcode() for m in rest} == {dns.rcode.SERVFAIL}
+    finally:
+        service.stop()
+        silent.close()
