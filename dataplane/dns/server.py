@@ -1,5 +1,19 @@
 """The node's DNS server: UDP and TCP listeners in front of a Resolver, and DnsService, the API
-`dataplane run` and `dataplane dns` use (zone events in, a fast-path table out)."""
+`dataplane run` and `dataplane dns` use (zone events in, a fast-path table out).
+
+Inside `dataplane run` (the intended wiring):
+
+    service = DnsService(config.dataplane.dns)
+    service.load_config(config)                      # then the informer events:
+    service.on_service(old, new)                     #   on_endpoint_slice, on_pod, on_namespace
+    service.start((str(node_ip), 53))                # UDP + TCP, in-process threads
+    slices = service.node_endpoint_slices(node_name, node_ips)   # kube-dns -> this node
+    pipeline.dns = service.compile_stage_table()     # after each change, between bursts
+    service.stop()
+
+The proxier gets `slices` instead of the kube-dns Service's own EndpointSlices, so the queries
+the stage leaves pending are DNATed to the node's server and the answers reverse-NATed.
+"""
 from __future__ import annotations
 
 import contextlib
