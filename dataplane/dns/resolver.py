@@ -13,13 +13,14 @@ from collections import OrderedDict
 
 from dnslib import QTYPE, RR, DNSRecord
 
-from .wire import (RCODE_BADVERS, RCODE_REFUSED, RCODE_SERVFAIL, BadQuery, Query, error, finish, header_error,
-                   pack_answer, parse_query, set_tc)
-from .zone import Zone
+from .wire import (RCODE_BADVERS, RCODE_REFUSED, RCODE_SERVFAIL, BadQuery, Query, answer_from_records, error,
+                   finish, header_error, pack_answer, packed_records, parse_query, set_tc)
+from .zone import HOT_TYPES, Zone
 
 CLASS_IN, CLASS_ANY = 1, 255
 CACHE_MAX_TTL = 3600          # CoreDNS cache: success and denial capped at an hour
 UPSTREAM_TIMEOUT = 2.0
+HOT_ANSWERS = 100_000         # packed zone answers kept (all dropped when full: rebuilt on demand)
 
 
 def system_upstreams(path: str = "/etc/resolv.conf") -> tuple[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int], ...]:
@@ -93,6 +94,7 @@ class Resolver:
         self.upstreams = tuple((str(a), p) for a, p in upstreams)
         self.cache = Cache(cache_size)
         self.timeout = timeout
+        self._hot: dict = {}      # (name, qtype) -> (ServiceNames, packed records, an, ns, ar)
 
     def handle(self, data: bytes, udp: bool) -> bytes | None:
         """The response to one message (None: nothing to send back)."""
@@ -112,11 +114,16 @@ class Resolver:
         if q.edns and q.edns_version > 0:
             return error(q, RCODE_BADVERS)
         zone = self.zone
-        if not zone.in_zone(q.qname) and q.qname not in zone.snapshot.ptrs:
+        snap = zone.snapshot     # one state for the whole answer
+        if not zone.in_zone(q.qname) and q.qname not in snap.ptrs:
             return None
         if q.qclass not in (CLASS_IN, CLASS_ANY):
             return error(q, RCODE_REFUSED)
-        ans = zone.resolve(q.qname, q.qtype)
+        if q.qclass == CLASS_IN and q.qtype in HOT_TYPES:
+            wire = self._hot_answer(q, snap)
+            if wire is not None:
+                return finish(q, wire, udp)
+        ans = zone.resolve(q.qname, q.qtype, snap)
         answers = ans.answers
         if ans.external is not None and q.qtype != QTYPE.CNAME:
             if not chase:
@@ -125,6 +132,22 @@ class Resolver:
             if chased is not None:
                 answers += tuple(chased.rr)
         return finish(q, pack_answer(q, ans.rcode, answers, ans.authority, ans.additional), udp)
+
+    def _hot_answer(self, q: Query, snap) -> bytes | None:
+        """A Service's A, AAAA or SRV answer from its records packed once (as the fast path has
+        them), valid while the Service's names are unchanged."""
+        owner = self.zone.owner(q.qname, snap)
+        if owner is None or not owner.names[q.qname].get(q.qtype):
+            return None
+        key = (q.qname, q.qtype)
+        hit = self._hot.get(key)
+        if hit is None or hit[0] is not owner:
+            ans = self.zone.resolve(q.qname, q.qtype, snap)
+            hit = (owner, *packed_records(q.qname, q.qtype, ans.answers, ans.authority, ans.additional))
+            if len(self._hot) >= HOT_ANSWERS:
+                self._hot.clear()
+            self._hot[key] = hit
+        return answer_from_records(q, *hit[1:])
 
     def forward(self, q: Query, udp: bool) -> bytes:
         if q.edns and q.edns_version > 0:

@@ -4,16 +4,8 @@ from __future__ import annotations
 
 from dataplane.dnsstage import DnsTable
 
-from .wire import Query, pack_answer, strip_header_question
+from .wire import packed_records, wire_name
 from .zone import HOT_TYPES, ServiceNames, Snapshot, Zone
-
-
-def wire_name(name: str) -> bytes:
-    """A lower-case absolute name in wire format."""
-    out = b""
-    for label in name.lower().rstrip(".").split("."):
-        out += bytes([len(label)]) + label.encode("ascii")
-    return out + b"\x00"
 
 
 def _entries(zone: Zone, names: ServiceNames, snap: Snapshot) -> list[tuple]:
@@ -26,12 +18,9 @@ def _entries(zone: Zone, names: ServiceNames, snap: Snapshot) -> list[tuple]:
             if not recs.get(qtype):
                 continue
             ans = zone.resolve(name, qtype, snap)
-            key = wire_name(name)
-            q = Query(b"", 0, 0, key, name, qtype, 1, False, 512, 0, False)
-            rrs, an, ns, ar = strip_header_question(
-                pack_answer(q, 0, ans.answers, ans.authority, ans.additional), len(key))
+            rrs, an, ns, ar = packed_records(name, qtype, ans.answers, ans.authority, ans.additional)
             if len(rrs) <= 65535:
-                out.append((key, qtype, rrs, an, ns, ar))
+                out.append((wire_name(name), qtype, rrs, an, ns, ar))
     return out
 
 

@@ -158,8 +158,28 @@ def finish(q: Query, wire: bytes, udp: bool, ext_rcode: int = 0) -> bytes:
     return wire
 
 
-def strip_header_question(wire: bytes, qname_len: int) -> tuple[bytes, int, int, int]:
-    """The records of a packed answer and their counts (an, ns, ar): what the fast path stores."""
+def wire_name(name: str) -> bytes:
+    """A lower-case absolute name in wire format."""
+    out = b""
+    for label in name.lower().rstrip(".").split("."):
+        out += bytes([len(label)]) + label.encode("ascii")
+    return out + b"\x00"
+
+
+def packed_records(name: str, qtype: int, answers=(), authority=(), additional=()) -> tuple[bytes, int, int, int]:
+    """A positive answer's records packed after the lower-cased question (compression pointers
+    into it stay valid for the same name in any case) and their counts (an, ns, ar): what the
+    fast path stores, and what the control plane reuses for hot names."""
+    key = wire_name(name)
+    q = Query(b"", 0, 0, key, name, qtype, 1, False, CLASSIC_UDP, 0, False)
+    wire = pack_answer(q, 0, answers, authority, additional)
     an, ns, ar = struct.unpack_from("!3H", wire, 6)
-    return wire[12 + qname_len + 4:], an, ns, ar
+    return wire[12 + len(key) + 4:], an, ns, ar
+
+
+def answer_from_records(q: Query, records: bytes, an: int, ns: int, ar: int) -> bytes:
+    """The response to q from packed_records() of its name and type: as pack_answer() would
+    write it, without packing anything."""
+    return (struct.pack("!6H", q.id, response_flags(q, 0, True), 1, an, ns, ar) + q.qname_wire
+            + struct.pack("!HH", q.qtype, q.qclass) + records)
 

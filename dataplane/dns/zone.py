@@ -338,6 +338,14 @@ class Zone:
         svc = snap.services.get((ns, rel[-3]))
         return None if svc is None else svc.names.get(name)
 
+    def owner(self, qname: str, snap: Snapshot) -> ServiceNames | None:
+        """The Service whose names include qname (lower-case, no final dot), if any."""
+        if not qname.endswith(".svc." + self.domain):
+            return None
+        rel = qname[:-len(self.domain) - 5].split(".")
+        svc = snap.services.get((rel[-1], rel[-2])) if 2 <= len(rel) <= 4 else None
+        return svc if svc is not None and qname in svc.names else None
+
     def _group(self, rrs: Iterable[RR]) -> Records:
         out: dict[int, list[RR]] = {}
         for rr in rrs:
