@@ -10,6 +10,7 @@ namespace) or its dnslib baseline server (`dnslib`, in the server namespace).
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import random
@@ -38,6 +39,9 @@ from dataplane.dns.zone import Zone  # noqa: E402
 N_SERVICES = 1000
 DNS_IP = "10.96.0.10"
 BURST = 256
+# Upstream for names outside the zone: loopback's discard port, where nothing listens (never the
+# host's own resolvers).
+LOOPBACK_DISCARD = ((ipaddress.ip_address("127.0.0.1"), 9),)
 
 
 def cluster_yaml(n: int = N_SERVICES) -> str:
@@ -99,7 +103,7 @@ class RecordsResolver(BaseResolver):
 
 
 def zone_of(text: str) -> DnsService:
-    service = DnsService(replace(DnsConfig(), upstreams=()))
+    service = DnsService(replace(DnsConfig(), upstreams=LOOPBACK_DISCARD))
     service.load_config(loads(text))
     return service
 

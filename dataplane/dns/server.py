@@ -36,6 +36,7 @@ from .zone import Zone
 TCP_IDLE_S = 10.0       # RFC 7766 6.2.3: close idle connections after seconds, not minutes
 MAX_FORWARDS = 1000     # queries waiting for upstream; more are REFUSED (CoreDNS forward's max_concurrent)
 MAX_TCP = 256           # open TCP connections; more are closed at once
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)   # Linux <netinet/in.h>; Python does not export it
 
 
 class DnsServer:
@@ -49,6 +50,14 @@ class DnsServer:
         self._connections = threading.BoundedSemaphore(max_tcp)
         self.udp, self.tcp = _bind(host, port)
         self.address = self.udp.getsockname()[:2]
+        # On a wildcard address each answer must leave from the address its query was sent to
+        # (stub resolvers drop answers from another one): learn it per datagram (IP_PKTINFO).
+        self._wildcard = ipaddress.ip_address(host).is_unspecified
+        if self._wildcard:
+            if self.udp.family == socket.AF_INET:
+                self.udp.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            else:
+                self.udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="dns-forward")
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._serve_udp, name="dns-udp", daemon=True),
@@ -72,7 +81,12 @@ class DnsServer:
         resolver = self.resolver
         while not self._stop.is_set():
             try:
-                data, peer = self.udp.recvfrom(65535)
+                if self._wildcard:
+                    data, ancillary, _, peer = self.udp.recvmsg(65535, 256)
+                    peer = (peer, _reply_source(ancillary))
+                else:
+                    data, peer = self.udp.recvfrom(65535)
+                    peer = (peer, None)
             except OSError:
                 return
             try:
@@ -95,10 +109,15 @@ class DnsServer:
         finally:
             self._forwards.release()
 
-    def _send(self, wire: bytes | None, peer) -> None:
+    def _send(self, wire: bytes | None, to) -> None:
+        """to: (peer address, the source address control message or None)."""
+        peer, source = to
         if wire is not None:
             try:
-                self.udp.sendto(wire, peer)
+                if source is None:
+                    self.udp.sendto(wire, peer)
+                else:
+                    self.udp.sendmsg([wire], [source], 0, peer)
             except OSError as e:  # a peer gone away must not stop the server
                 print(f"dataplane dns: reply to {peer[0]}: {e.strerror or e}", file=sys.stderr)
 
@@ -127,6 +146,17 @@ class DnsServer:
                     conn.sendall(struct.pack("!H", len(wire)) + wire)
                 except OSError:
                     return
+
+
+def _reply_source(ancillary) -> tuple | None:
+    """The control message that makes an answer leave from the query's destination address."""
+    for level, kind, data in ancillary:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
+            _, _, dst = struct.unpack("=I4s4s", data[:12])
+            return level, kind, struct.pack("=I4s4s", 0, dst, bytes(4))   # ipi_spec_dst: the source
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
+            return level, kind, data                                       # in6_pktinfo as received
+    return None
 
 
 @contextlib.contextmanager

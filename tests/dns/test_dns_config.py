@@ -14,6 +14,10 @@ import pytest
 from dataplane.cli import main
 from dataplane.config import ConfigError, loads
 
+# Upstream for names outside the zone: loopback's discard port, where nothing listens (never the
+# host's own resolvers).
+LOOPBACK_DISCARD = ((ipaddress.ip_address("127.0.0.1"), 9),)
+
 KUBECTL_POD = """
 apiVersion: v1
 kind: Pod
@@ -212,3 +216,21 @@ spec: {clusterIP: 10.96.5.6}
         _, err = proc.communicate(timeout=10)
     assert proc.returncode == 0
     assert "skipped" in err and "shop/broken" in err
+
+
+def test_wildcard_listener_answers_from_the_address_asked():
+    """Bound to 0.0.0.0, each answer leaves from the address its query went to (dnspython, like
+    glibc, rejects an answer from another address)."""
+    from dataplane.config.dataplane import DnsConfig
+    from dataplane.dns import DnsService
+    service = DnsService(DnsConfig(upstreams=LOOPBACK_DISCARD))
+    service.load_config(loads(KUBECTL_POD))
+    _, port = service.start(("0.0.0.0", 0))
+    try:
+        for dst in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):
+            r = dns.query.udp(dns.message.make_query("dns-version.cluster.local", "TXT"), dst, port=port, timeout=3)
+            assert r.answer[0][0].to_text() == '"1.1.0"'
+            r = dns.query.udp(dns.message.make_query("nothing.example.", "A"), dst, port=port, timeout=3)
+            assert r.rcode() == dns.rcode.SERVFAIL      # from the forwarding pool too (no upstream)
+    finally:
+        service.stop()

@@ -20,11 +20,14 @@ DNS4, DNS6 = "10.96.0.10", "fd00:96::a"
 CLIENT4, CLIENT6 = "10.244.1.9", "fd00:244:1::9"
 CLIENT_MAC, NODE_MAC = "0a:00:00:00:00:09", "02:00:00:00:00:01"
 ANSWERED = COUNTERS.index("dns_answer")
+# Upstream for names outside the zone: loopback's discard port, where nothing listens (never the
+# host's own resolvers).
+LOOPBACK_DISCARD = ((ipaddress.ip_address("127.0.0.1"), 9),)
 
 
 @pytest.fixture(scope="module")
 def service(config):
-    s = DnsService(replace(DnsConfig(), upstreams=()))
+    s = DnsService(replace(DnsConfig(), upstreams=LOOPBACK_DISCARD))
     s.load_config(config)
     return s
 
@@ -112,7 +115,7 @@ endpoints:
     ("big", None, True), ("big", 1232, True), ("big", 4096, True),                         # ~1,650 bytes
 ])
 def test_truncation_matches_the_control_plane(name, edns, tc):
-    service = DnsService(replace(DnsConfig(), upstreams=()))
+    service = DnsService(replace(DnsConfig(), upstreams=LOOPBACK_DISCARD))
     service.load_config(loads(_headless("mid", 40) + _headless("big", 100)))
     table = service.compile_stage_table([DNS4])
     q = query(name.upper() + ".default.svc.cluster.local.", "A", edns)
@@ -203,7 +206,7 @@ routes:
     assert b.meta(1)["verdict"] != "forward" or b.meta(1)["port_out"] == 0     # on to the rest of the pipeline
     assert node.pipeline.counters[ANSWERED] == 1
 
-    other = DnsService(replace(DnsConfig(), upstreams=()))    # a new zone state: a new table, swapped whole
+    other = DnsService(replace(DnsConfig(), upstreams=LOOPBACK_DISCARD))    # a new zone state: a new table, swapped whole
     other.load_config(loads("""
 apiVersion: v1
 kind: Service
@@ -229,7 +232,7 @@ def test_table_rejects_bad_entries():
 
 def test_recompiling_repacks_only_changed_services(config):
     from dataplane.dns import stage
-    service = DnsService(replace(DnsConfig(), upstreams=()))
+    service = DnsService(replace(DnsConfig(), upstreams=LOOPBACK_DISCARD))
     service.load_config(config)
     first = service.compile_stage_table([DNS4])
     packed = []
