@@ -206,8 +206,22 @@ class DnsService:
         self.load_config = self.zone.load_config
 
     def start(self, listen: tuple[str, int]) -> tuple[str, int]:
-        """Serve UDP and TCP on (host, port); returns the bound address (port 0 picks one)."""
+        """Serve UDP and TCP on (host, port); returns the bound address (port 0 picks one).
+        An upstream that is this server itself (a resolv.conf naming the node-local DNS) is
+        dropped: forwarding to it would loop."""
         self.server = DnsServer(self.resolver, *listen)
+        host, port = self.server.address
+        me = ipaddress.ip_address(host)
+
+        def is_self(addr: str, p: int) -> bool:
+            a = ipaddress.ip_address(addr)
+            return p == port and (a == me or (me.is_unspecified and (a.is_loopback or a.is_unspecified)))
+
+        looping = [u for u in self.resolver.upstreams if is_self(*u)]
+        if looping:
+            print(f"dataplane dns: not forwarding to {', '.join(f'{a}:{p}' for a, p in looping)}: "
+                  "that is this server", file=sys.stderr)
+            self.resolver.upstreams = tuple(u for u in self.resolver.upstreams if u not in looping)
         return self.server.address
 
     def stop(self) -> None:

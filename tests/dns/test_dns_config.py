@@ -234,3 +234,22 @@ def test_wildcard_listener_answers_from_the_address_asked():
             assert r.rcode() == dns.rcode.SERVFAIL      # from the forwarding pool too (no upstream)
     finally:
         service.stop()
+
+
+def test_this_server_is_never_its_own_upstream(capsys):
+    from dataplane.config.dataplane import DnsConfig
+    from dataplane.dns import DnsService
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:   # a free port, named as upstream
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    me = (ipaddress.ip_address("127.0.0.1"), port)
+    service = DnsService(DnsConfig(upstreams=(me,) + LOOPBACK_DISCARD))
+    service.start(("127.0.0.1", port))
+    try:
+        assert service.resolver.upstreams == (("127.0.0.1", 9),)
+        assert "that is this server" in capsys.readouterr().err
+        r = dns.query.udp(dns.message.make_query("nothing.example.", "A"), "127.0.0.1", port=port, timeout=3)
+        assert r.rcode() == dns.rcode.SERVFAIL
+    finally:
+        service.stop()
