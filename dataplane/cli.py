@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 from dataplane.control import DEFAULT_SOCKET, ControlError
+from dataplane.dns.cli import register as register_dns
 from dataplane.lab.cli import register as register_lab
 from dataplane.opscli import register as _register_operator_commands
 
@@ -112,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _register_operator_commands(sub)
     register_lab(sub)
+    register_dns(sub)
 
     d = sub.add_parser("demo", help="replay the built-in example capture and show the counters",
                        description="Replay the example capture shipped with the package through "

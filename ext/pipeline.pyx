@@ -1,4 +1,4 @@
-"""The node pipeline: parse -> VXLAN decap -> neighbours (live mode) -> input checks ->
+"""The node pipeline: parse -> VXLAN decap -> neighbours (live mode) -> input checks -> DNS answers ->
 conntrack/Service NAT -> route (VXLAN encap included), one nogil call per burst.
 
 Stages only touch packets whose verdict is still pending, so each stage is a plain loop and
@@ -18,6 +18,7 @@ from dataplane.parse cimport parse_burst
 from dataplane.route cimport Router
 from dataplane.vxlan cimport VxlanDecap
 from dataplane.ip_input cimport IpInput
+from dataplane.dnsstage cimport DnsTable
 
 cnp.import_array()
 
@@ -26,11 +27,12 @@ __all__ = ["Pipeline"]
 
 cdef class Pipeline:
     def __cinit__(self, Router router not None, unsigned int n_ports, CtNat ctnat=None,
-                  VxlanDecap vxlan=None, IpInput ip_input=None):
+                  VxlanDecap vxlan=None, IpInput ip_input=None, DnsTable dns=None):
         self.router = router
         self.ctnat = ctnat
         self.vxlan = vxlan
         self.ip_input = ip_input
+        self.dns = dns
         self.n_ports = n_ports
         self.counters = np.zeros(<int>CNT_N_COUNTERS, dtype=np.uint64)
         self.drops = np.zeros(<int>DROP_N_REASONS, dtype=np.uint64)
@@ -66,6 +68,8 @@ cdef class Pipeline:
             self.router.neigh.neigh_burst(b, now_ns, self.cnt, self.drp)
         if self.ip_input is not None:
             self.ip_input.input_burst(b, self.cnt, self.drp)
+        if self.dns is not None:
+            self.dns.dns_burst(b, self.cnt, self.drp)
         if self.ctnat is not None:
             self.ctnat.run(b, now_ns, self.cnt, self.drp)
         self.router.route_burst(b, now_ns, self.cnt, self.drp)

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import Callable
 
-from .fields import (Invalid, IPAddress, IPNetwork, Obj, dns_subdomain, format_mac, in_range, ip_address,
+from .fields import (Invalid, IPAddress, IPNetwork, Obj, dns_label, dns_subdomain, format_mac, in_range, ip_address,
                      ip_network, mac_address, one_of, unicast_ip)
 
 API_VERSION = "dataplane/v1alpha1"
@@ -70,6 +71,78 @@ class Route:
 
 
 @dataclass(frozen=True)
+class DnsConfig:
+    """Cluster DNS served by the node (the `dns:` section; `dataplane dns` takes the same as flags)."""
+    cluster_domain: str = "cluster.local"
+    pods: str = "disabled"                    # CoreDNS `pods`: disabled, insecure or verified
+    endpoint_pod_names: bool = False          # CoreDNS `endpoint_pod_names`
+    ttl: int = 5
+    upstreams: tuple[tuple[IPAddress, int], ...] = ()  # empty: the node's resolv.conf
+    server_ips: tuple[IPAddress, ...] = ()    # the DNS server's addresses (NS records)
+    service: str = "kube-system/kube-dns"     # the cluster DNS Service the node answers for
+
+    def describe(self) -> dict:
+        return {"clusterDomain": self.cluster_domain, "pods": self.pods, "endpointPodNames": self.endpoint_pod_names,
+                "ttl": self.ttl, "upstreams": [format_host_port(a, p) for a, p in self.upstreams],
+                "serverIPs": [str(a) for a in self.server_ips], "service": self.service}
+
+
+def host_port(default_port: int, lowest: int = 1) -> Callable[[str], tuple[IPAddress, int]]:
+    """ADDR[:PORT], IPv6 as [ADDR]:PORT or a bare ADDR; ports from `lowest` (0: pick one) to 65535."""
+    def parse(value: str) -> tuple[IPAddress, int]:
+        host, port = value, default_port
+        if value.startswith("["):
+            host, sep, rest = value[1:].partition("]")
+            if not sep or (rest and not rest.startswith(":")):
+                raise ValueError(f"must be ADDR, ADDR:PORT or [IPv6]:PORT, got {value!r}")
+            if rest:
+                port = _port_number(rest[1:], value, lowest)
+        elif value.count(":") == 1:
+            host, _, rest = value.partition(":")
+            port = _port_number(rest, value, lowest)
+        return ip_address(host), port
+    return parse
+
+
+def _port_number(text: str, value: str, lowest: int) -> int:
+    if not text.isdigit() or not lowest <= int(text) <= 65535:
+        raise ValueError(f"port must be {lowest}-65535 in {value!r}")
+    return int(text)
+
+
+def format_host_port(addr: IPAddress, port: int) -> str:
+    return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
+
+
+def dns_domain(value: str) -> str:
+    """A cluster domain such as cluster.local (lower-cased, no trailing dot)."""
+    domain = value.lower().rstrip(".")
+    return dns_subdomain(domain)
+
+
+def namespaced_name(value: str) -> str:
+    ns, sep, name = value.partition("/")
+    if not sep:
+        raise ValueError(f"must be NAMESPACE/NAME, got {value!r}")
+    dns_label(ns), dns_label(name)
+    return value
+
+
+DNS_FIELDS = ("clusterDomain", "pods", "endpointPodNames", "ttl", "upstreams", "serverIPs", "service")
+
+
+def parse_dns(o: Obj) -> DnsConfig:
+    return DnsConfig(
+        o.get("clusterDomain", str, "cluster.local", parse=dns_domain),
+        o.get("pods", str, "disabled", parse=one_of("disabled", "insecure", "verified")),
+        o.get("endpointPodNames", bool, False),
+        o.get("ttl", int, 5, parse=in_range(0, 3600)),
+        o.scalars("upstreams", str, host_port(53), unique="upstream"),
+        o.scalars("serverIPs", str, unicast_ip, unique="address"),
+        o.get("service", str, "kube-system/kube-dns", parse=namespaced_name))
+
+
+@dataclass(frozen=True)
 class DataplaneConfig:
     node_name: str                     # must equal the Node object's name (topology, Local policies)
     node_ips: tuple[IPAddress, ...]    # addresses this node owns: NodePort destinations, SNAT source
@@ -84,6 +157,7 @@ class DataplaneConfig:
     # Port (a tap into the node's own stack) that packets for the node are delivered to; None:
     # the node's stack sees them on the interface itself and the dataplane leaves them alone.
     local_port: str | None = None
+    dns: DnsConfig | None = None             # None: the node serves no cluster DNS
 
     def describe(self) -> dict:
         return {"nodeName": self.node_name, "nodeIPs": [str(a) for a in self.node_ips],
@@ -92,11 +166,12 @@ class DataplaneConfig:
                 else [str(n) for n in self.non_masquerade_cidrs],
                 "serviceLoadBalancing": self.service_load_balancing,
                 "conntrackSize": self.conntrack_size, "localPort": self.local_port,
-                "ports": [p.describe() for p in self.ports], "routes": [r.describe() for r in self.routes]}
+                "ports": [p.describe() for p in self.ports], "routes": [r.describe() for r in self.routes],
+                "dns": self.dns and self.dns.describe()}
 
 
 FIELDS = ("apiVersion", "kind", "nodeName", "nodeIPs", "clusterCIDRs", "nonMasqueradeCIDRs",
-          "serviceLoadBalancing", "conntrackSize", "localPort", "ports", "routes")
+          "serviceLoadBalancing", "conntrackSize", "localPort", "ports", "routes", "dns")
 PORT_FIELDS = ("name", "mac", "mtu", "ifname", "type", "addresses", "proxyARP")
 ROUTE_FIELDS = ("prefix", "port", "via", "mac", "vxlan")
 VXLAN_FIELDS = ("vni", "remote", "port", "vtepMAC")
@@ -158,7 +233,8 @@ def parse(o: Obj) -> DataplaneConfig:
     return DataplaneConfig(
         node_name, node_ips, ports, routes, cluster_cidrs, non_masq,
         o.get("serviceLoadBalancing", str, "random", parse=one_of("random", "maglev")),
-        o.get("conntrackSize", int, parse=in_range(1, 1 << 30)), local_port)
+        o.get("conntrackSize", int, parse=in_range(1, 1 << 30)), local_port,
+        parse_dns(o.obj("dns", DNS_FIELDS)) if o.has("dns") else None)
 
 
 

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 import yaml
 
 from . import dataplane, k8s
+from . import workloads
 from .fields import Invalid, Obj, Path, format_path
 
 SUFFIXES = (".yaml", ".yml", ".json")
@@ -57,6 +58,8 @@ class Config:
     endpoint_slices: tuple[k8s.EndpointSlice, ...] = ()
     nodes: tuple[k8s.Node, ...] = ()
     service_cidrs: tuple[k8s.ServiceCIDR, ...] = ()
+    pods: tuple[workloads.Pod, ...] = ()
+    namespaces: tuple[workloads.Namespace, ...] = ()
     sources: tuple[str, ...] = ()
     problems: tuple[Problem, ...] = ()   # only non-empty with load(..., strict=False)
     warnings: tuple[Problem, ...] = ()   # objects skipped on purpose (kinds we do not use)
@@ -82,6 +85,8 @@ class Config:
             "endpointSlices": [s.describe() for s in self.endpoint_slices],
             "nodes": [n.describe() for n in self.nodes],
             "serviceCIDRs": [c.describe() for c in self.service_cidrs],
+            "pods": [p.describe() for p in self.pods],
+            "namespaces": [n.describe() for n in self.namespaces],
             "warnings": [str(w) for w in self.warnings],
             "problems": [str(p) for p in self.problems],
         }
@@ -100,6 +105,8 @@ KINDS: dict[tuple[str, str], _Kind] = {
     ("v1", "Service"): _Kind(k8s.parse_service, k8s.OBJECT_FIELDS, "services"),
     ("discovery.k8s.io/v1", "EndpointSlice"): _Kind(k8s.parse_endpoint_slice, k8s.ENDPOINTSLICE_FIELDS, "endpoint_slices"),
     ("v1", "Node"): _Kind(k8s.parse_node, k8s.OBJECT_FIELDS, "nodes"),
+    ("v1", "Pod"): _Kind(workloads.parse_pod, k8s.OBJECT_FIELDS, "pods"),
+    ("v1", "Namespace"): _Kind(workloads.parse_namespace, k8s.OBJECT_FIELDS, "namespaces"),
     ("kubeproxy.config.k8s.io/v1alpha1", "KubeProxyConfiguration"):
         _Kind(k8s.parse_kube_proxy, k8s.KUBE_PROXY_FIELDS, "kube_proxy", lenient=True),
     ("networking.k8s.io/v1", "ServiceCIDR"): _Kind(k8s.parse_service_cidr, k8s.OBJECT_FIELDS, "service_cidrs"),

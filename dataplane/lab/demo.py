@@ -128,8 +128,8 @@ def flows(state: dict, requests: int) -> list[Flow]:
     def only_node(name):
         return lambda servers: bool(servers) and {node_of.get(s) for s in servers} == {name}
 
-    def preserved(src):  # the source address survives, except for a hairpin to the client itself
-        return lambda ans: ans["seen"] == src or ans["server"] == a["name"]
+    def preserved(pod):  # the source address survives, except for a hairpin to the client itself
+        return lambda ans: ans["seen"] == pod["ip"] or ans["server"] == pod["name"]
 
     two = (n1["name"], n2["name"])
     return [
@@ -140,9 +140,9 @@ def flows(state: dict, requests: int) -> list[Flow]:
         Flow("node -> pod, other node", n1["netns"], "tcp", b["ip"], SERVER_TCP, requests,
              _all_ok(lambda ans: ans["seen"] == n1["ip"])),
         Flow("pod -> ClusterIP web", a["netns"], "tcp", "10.96.0.10", 80, requests,
-             _all_ok(preserved(a["ip"]), on_nodes(*two)), needs_proxy=True),
+             _all_ok(preserved(a), on_nodes(*two)), needs_proxy=True),
         Flow("pod -> ClusterIP echo-udp", a["netns"], "udp", "10.96.0.53", 53, requests,
-             _all_ok(preserved(a["ip"]), on_nodes(*two)), needs_proxy=True),
+             _all_ok(preserved(a), on_nodes(*two)), needs_proxy=True),
         Flow("client -> NodePort Cluster (masq.)", client["netns"], "tcp", n1["ip"], 30080, requests,
              _all_ok(lambda ans: ans["seen"] == n1["ip"]), needs_proxy=True),
         Flow("client -> NodePort Local, node-1", client["netns"], "tcp", n1["ip"], 30081, requests,
@@ -153,6 +153,14 @@ def flows(state: dict, requests: int) -> list[Flow]:
              _all_ok(lambda ans: ans["seen"] == n1["ip"])),
         Flow("pod -> Service without endpoints", a["netns"], "tcp", "10.96.0.99", 80, 1, _refused_at_once,
              needs_proxy=True, expect_failure=True),
+        # By name: getaddrinfo in the pod, through its resolv.conf (search path, ndots:5) to the
+        # kube-dns Service, answered by its node's `dataplane dns`.
+        Flow("pod -> web by name (DNS)", a["netns"], "tcp", "web", 80, requests,
+             _all_ok(preserved(a), on_nodes(*two)), needs_proxy=True),
+        Flow("pod -> echo-udp.default.svc (DNS)", b["netns"], "udp", "echo-udp.default.svc", 53, requests,
+             _all_ok(preserved(b), on_nodes(*two)), needs_proxy=True),
+        Flow("pod -> FQDN of web-nodeport (DNS)", b["netns"], "tcp", "web-nodeport.default.svc.cluster.local",
+             80, requests, _all_ok(preserved(b), on_nodes(*two)), needs_proxy=True),
     ]
 
 

@@ -77,6 +77,7 @@ static const char *const drop_reason_strings[] = {
   _(LOCAL, "local")             /* delivered to this node */              \
   _(VXLAN_DECAP, "vxlan_decap") /* VXLAN packets unwrapped (RFC 7348) */  \
   _(VXLAN_ENCAP, "vxlan_encap") /* packets wrapped towards a remote VTEP */\
+  _(DNS_ANSWER, "dns_answer")   /* DNS queries answered in the fast path */\
   _(TX, "tx")                   /* frames transmitted */
 
 typedef enum {

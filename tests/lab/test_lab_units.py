@@ -63,7 +63,7 @@ def test_generated_node_configuration_loads_with_the_example_services():
     assert str(routes["10.244.2.0/24"].via) == "192.168.0.3"
     assert str(routes["0.0.0.0/0"].via) == "192.168.0.1"
     assert config.kube_proxy.hostname_override == "node-1"
-    assert {s.name for s in config.services} == {"web", "web-nodeport", "web-local", "echo-udp", "empty"}
+    assert {s.name for s in config.services} == {"web", "web-nodeport", "web-local", "echo-udp", "empty", "kube-dns"}
 
 
 def test_vxlan_overlay_replaces_host_gw_routes():
