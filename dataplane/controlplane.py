@@ -38,7 +38,8 @@ MAX_BATCH = 8192            # events taken from the queue at once
 
 class ControlPlane:
     def __init__(self, node, pause: Callable = contextlib.nullcontext, *, metrics=None, health=None,
-                 sync_period: float = 30.0, min_sync_period: float = 0.0, kube_proxy=None, on_synced=None):
+                 sync_period: float = 30.0, min_sync_period: float = 0.0, kube_proxy=None, on_synced=None,
+                 dns=None):
         self.node = node
         self.pause = pause
         self.metrics = metrics
@@ -47,6 +48,8 @@ class ControlPlane:
         self.min_sync_period = min_sync_period
         self.kube_proxy = kube_proxy
         self.on_synced = on_synced             # called (sync thread) after every successful sync
+        self.dns = dns                         # NodeDns: cluster DNS served by this node, or None
+        self._dns_dirty = False
         self.sources: list = []
         self.objects: dict[str, dict] = {}     # what the tables were built from
         self.queue: "queue.SimpleQueue[list[ObjectEvent]]" = queue.SimpleQueue()
@@ -144,12 +147,15 @@ class ControlPlane:
                 table.pop(ev.key, None)
             else:
                 table[ev.key] = ev.new
+            if self.dns is not None and self.dns.record(ev):
+                self._dns_dirty = True
             if ev.attr == "services":
                 proxier.on_service(ev.old, ev.new)
                 if self.metrics is not None:
                     self.metrics.service_changes.inc()
             elif ev.attr == "endpoint_slices":
-                proxier.on_endpoint_slice(ev.old, ev.new)
+                if self.dns is None or not self.dns.owns(ev.new or ev.old):
+                    proxier.on_endpoint_slice(ev.old, ev.new)
                 if self.metrics is not None:
                     self.metrics.endpoint_changes.inc()
             elif ev.attr in ("dataplane", "kube_proxy") and ev.old is not None:
@@ -164,12 +170,18 @@ class ControlPlane:
                     self._full_requested = True   # the zone label decides topology: rebuild
             if self.health is not None and ev.attr == "nodes" and ev.key[1] == proxier.node_name:
                 self.health.sync_node(ev.new)
+        if self.dns is not None:
+            for old, new in self.dns.proxier_slices():
+                proxier.on_endpoint_slice(old, new)
 
     def _snapshot(self) -> Config:
         node = self.node
         get = lambda attr: tuple(self.objects.get(attr, {}).values())   # noqa: E731
+        slices = get("endpoint_slices")
+        if self.dns is not None:
+            slices = tuple(s for s in slices if not self.dns.owns(s)) + tuple(self.dns.injected.values())
         fields = {"dataplane": node.dp, "kube_proxy": self.kube_proxy, "services": get("services"),
-                  "endpoint_slices": get("endpoint_slices"), "nodes": get("nodes")}
+                  "endpoint_slices": slices, "nodes": get("nodes")}
         if "service_cidrs" in Config.__dataclass_fields__:
             fields["service_cidrs"] = get("service_cidrs")
         return Config(**fields)
@@ -199,6 +211,11 @@ class ControlPlane:
             self._warn(msg)
         self.latencies_ns.extend(visible - e.received_ns for e in events)
         del self.latencies_ns[:-100_000]
+        if self._dns_dirty:
+            self._dns_dirty = False
+            table = self.dns.compile()   # packed off the forwarding thread, swapped in parked
+            with self.pause():
+                node.pipeline.dns = table
         if self.health is not None:
             self.health.updated()
         if self.on_synced is not None:

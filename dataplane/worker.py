@@ -97,6 +97,7 @@ class Worker:
         self.metrics = None
         self.health = None
         self.service_health = None
+        self.dns = None
         self.control = None
         self.sources = []
         self.cp: ControlPlane | None = None
@@ -132,10 +133,15 @@ class Worker:
         from dataplane.healthcheck import ServiceHealth
         self.service_health = ServiceHealth(self.node.proxier.health_check_addresses(), self.health,
                                             self.node_name)
+        dp = self.node.dp
+        if dp.dns is not None:
+            from dataplane.dns.node import NodeDns
+            self.dns = NodeDns(dp.dns, self.node_name, dp.node_ips)
+            self.dns.start()
         self.cp = ControlPlane(self.node, self.engine.paused, metrics=self.metrics, health=self.health,
                                sync_period=_kp(kp, "sync_period", 30.0),
                                min_sync_period=_kp(kp, "min_sync_period", None) or 0.0, kube_proxy=kp,
-                               on_synced=self._after_sync)
+                               on_synced=self._after_sync, dns=self.dns)
         self._start_servers()
         kubeconfig = opts.kubeconfig or _kubeconfig_of(kp)
         if kubeconfig or _in_cluster():
@@ -144,7 +150,7 @@ class Worker:
             cc = getattr(kp, "client_connection", None)
             connection = connect(kubeconfig, getattr(cc, "qps", 5.0), getattr(cc, "burst", 10))
             log.info("watching the API server %s (%s)", connection.host, connection.source)
-            self.sources = [ApiSource(connection, self.node_name, self.cp.submit)]
+            self.sources = [ApiSource(connection, self.node_name, self.cp.submit, dns=self.dns is not None)]
         else:
             from dataplane.filesource import FileSource
             self.sources = [FileSource(self.config_path, self.cp.submit, opts.file_poll_interval)]
@@ -182,6 +188,8 @@ class Worker:
         self.servers = []
         if self.service_health is not None:
             self.service_health.stop()
+        if self.dns is not None:
+            self.dns.stop()
         self._housekeeping()
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ from typing import Callable
 from dataplane.config.loader import KINDS, parse_object
 from dataplane.events import ObjectEvent, ObjectStore, key_of
 from .reflector import Reflector, Resource
-from .resources import ENDPOINT_SLICES, NODES, SERVICE_CIDRS, SERVICES, WATCHED
+from .resources import DNS_WATCHED, ENDPOINT_SLICES, NODES, SERVICE_CIDRS, SERVICES, WATCHED
 
 __all__ = ["ApiSource", "ENDPOINT_SLICES", "NODES", "PROXY_LABEL_SELECTOR", "SERVICE_CIDRS", "SERVICES"]
 
@@ -25,6 +25,7 @@ log = logging.getLogger("dataplane.k8s")
 # kube-proxy's informers skip objects another proxy owns and headless Services' endpoints
 # (cmd/kube-proxy/app/server.go: noProxyName, noHeadlessEndpoints), server-side.
 PROXY_LABEL_SELECTOR = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless"
+DNS_LABEL_SELECTOR = "!service.kubernetes.io/service-proxy-name"
 TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
 
 
@@ -33,7 +34,7 @@ class ApiSource:
     every resource has been listed once (kube-proxy's "informers synced")."""
 
     def __init__(self, connection, node_name: str, submit: Callable[[list[ObjectEvent]], None],
-                 resources=WATCHED):
+                 resources=WATCHED, dns: bool = False):
         self.connection = connection
         self.node_name = node_name
         self.submit = submit
@@ -41,9 +42,13 @@ class ApiSource:
         self.problems: dict[tuple, str] = {}     # (kind, namespace, name) -> why it was skipped
         self._listed: set[str] = set()
         self._lock = threading.Lock()
+        # Cluster DNS needs headless Services and their endpoints (the proxier ignores them).
+        selector = DNS_LABEL_SELECTOR if dns else PROXY_LABEL_SELECTOR
+        if dns:
+            resources = tuple(resources) + DNS_WATCHED
         self.reflectors = [
             Reflector(connection, r, self,
-                      label_selector=PROXY_LABEL_SELECTOR if r in (SERVICES, ENDPOINT_SLICES) else None,
+                      label_selector=selector if r in (SERVICES, ENDPOINT_SLICES) else None,
                       field_selector=f"metadata.name={node_name}" if r == NODES else None)
             for r in resources]
 

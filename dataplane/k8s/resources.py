@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from .reflector import Resource
 
-__all__ = ["ENDPOINT_SLICES", "EVENTS", "EVENT_VERBS", "NODES", "SERVICES", "SERVICE_CIDRS",
-           "WATCHED", "WATCH_VERBS"]
+__all__ = ["DNS_WATCHED", "ENDPOINT_SLICES", "EVENTS", "EVENT_VERBS", "NAMESPACES", "NODES", "PODS",
+           "SERVICES", "SERVICE_CIDRS", "WATCHED", "WATCH_VERBS"]
 
 SERVICES = Resource("", "v1", "services", "Service", True)
 ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True)
@@ -20,6 +20,12 @@ NODES = Resource("", "v1", "nodes", "Node", False)   # this node's only (a field
 
 WATCHED = (SERVICES, ENDPOINT_SLICES, SERVICE_CIDRS, NODES)
 WATCH_VERBS = ("get", "list", "watch")
+
+# With cluster DNS served by the node (the DataplaneConfiguration's dns:), also the objects
+# the DNS specification names records after: pod records and verified pod mode.
+PODS = Resource("", "v1", "pods", "Pod", True)
+NAMESPACES = Resource("", "v1", "namespaces", "Namespace", False)
+DNS_WATCHED = (PODS, NAMESPACES)
 
 # Events as kube-proxy records them (events.k8s.io/v1, client-go's event broadcaster).
 EVENTS = Resource("events.k8s.io", "v1", "events", "Event", True)

@@ -18,7 +18,7 @@ import yaml
 
 from dataplane.config import load, loads
 from dataplane.k8s.informer import ApiSource
-from dataplane.k8s.resources import EVENT_VERBS, EVENTS, WATCH_VERBS, WATCHED
+from dataplane.k8s.resources import DNS_WATCHED, EVENT_VERBS, EVENTS, WATCH_VERBS, WATCHED
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -166,7 +166,7 @@ def test_cluster_role_grants_exactly_the_watches_and_events():
     granted = {(group, resource, verb)
                for rule in _one("ClusterRole")["rules"]
                for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}
-    wanted = {(r.group, r.plural, verb) for r in WATCHED for verb in WATCH_VERBS}
+    wanted = {(r.group, r.plural, verb) for r in WATCHED + DNS_WATCHED for verb in WATCH_VERBS}
     wanted |= {(EVENTS.group, EVENTS.plural, verb) for verb in EVENT_VERBS}
     assert granted == wanted
     # The runtime watches that same list.

@@ -1,0 +1,124 @@
+"""Cluster DNS inside `dataplane run`: the hot queries answered by the fast-path stage straight
+from the burst, the cluster DNS Service's endpoint replaced by the node's own server."""
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import dns.message
+import dns.rdatatype
+import pytest
+from scapy.all import IP, UDP, Ether
+
+from dataplane.control import request
+from nstools import del_netns, netns, new_netns, quiet_netns, require_netns
+
+NODE_MAC, PEER_MAC = "02:00:00:00:00:01", "02:00:00:00:00:fe"
+CONFIG = textwrap.dedent(f"""\
+    apiVersion: dataplane/v1alpha1
+    kind: DataplaneConfiguration
+    nodeName: node-1
+    nodeIPs: [192.168.0.2]
+    clusterCIDRs: [10.244.0.0/16]
+    ports:
+      - {{name: tap0, type: tap, mac: "{NODE_MAC}"}}
+    routes:
+      - {{prefix: 0.0.0.0/0, port: tap0, via: 192.168.0.1, mac: "{PEER_MAC}"}}
+    dns: {{}}
+    ---
+    apiVersion: kubeproxy.config.k8s.io/v1alpha1
+    kind: KubeProxyConfiguration
+    metricsBindAddress: ""
+    healthzBindAddress: ""
+    ---
+    apiVersion: v1
+    kind: Service
+    metadata: {{name: kube-dns, namespace: kube-system}}
+    spec:
+      clusterIP: 10.96.0.10
+      ports: [{{name: dns, port: 53, protocol: UDP}}, {{name: dns-tcp, port: 53, protocol: TCP}}]
+    ---
+    apiVersion: discovery.k8s.io/v1
+    kind: EndpointSlice
+    metadata: {{name: kube-dns-1, namespace: kube-system, labels: {{kubernetes.io/service-name: kube-dns}}}}
+    addressType: IPv4
+    ports: [{{name: dns, port: 53, protocol: UDP}}, {{name: dns-tcp, port: 53, protocol: TCP}}]
+    endpoints: [{{addresses: [10.244.9.9]}}]
+    ---
+    apiVersion: v1
+    kind: Service
+    metadata: {{name: web, namespace: default}}
+    spec: {{clusterIP: 10.96.0.20, ports: [{{port: 80}}]}}
+    """)
+
+
+@pytest.fixture
+def node(tmp_path):
+    require_netns()
+    ns = new_netns()
+    proc = None
+    try:
+        quiet_netns(ns)
+        subprocess.run(["ip", "-n", ns, "addr", "add", "192.168.0.2/32", "dev", "lo"], check=True)
+        (tmp_path / "conf").mkdir()
+        (tmp_path / "conf" / "all.yaml").write_text(CONFIG)
+        sock = tmp_path / "ctl.sock"
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "dataplane.cli", "run",
+                                 "--config", str(tmp_path / "conf"), "--control-socket", str(sock)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while not sock.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+            time.sleep(0.05)
+        with netns(ns):
+            raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+        raw.bind(("tap0", 0))
+        raw.settimeout(0.2)
+        yield ns, sock, raw
+        raw.close()
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=20)
+        del_netns(ns)
+
+
+def ask(raw, name, rdtype="A", sport=40000):
+    query = dns.message.make_query(name, rdtype)
+    raw.send(bytes(Ether(src=PEER_MAC, dst=NODE_MAC) / IP(src="10.244.1.5", dst="10.96.0.10")
+                   / UDP(sport=sport, dport=53) / query.to_wire()))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            data, addr = raw.recvfrom(4096)
+        except socket.timeout:
+            continue
+        frame = Ether(data)
+        if addr[2] != socket.PACKET_OUTGOING and UDP in frame and frame[UDP].sport == 53 \
+                and frame[UDP].dport == sport:
+            return frame, dns.message.from_wire(bytes(frame[UDP].payload))
+    return None, None
+
+
+def test_hot_queries_are_answered_by_the_stage(node):
+    _, sock, raw = node
+    frame, answer = ask(raw, "WEB.default.svc.cluster.local.")
+    assert answer is not None and answer.rcode() == 0
+    assert frame[IP].src == "10.96.0.10" and frame[IP].dst == "10.244.1.5"
+    assert [r.to_text() for rr in answer.answer for r in rr] == ["10.96.0.20"]
+    assert answer.question[0].name.to_text() == "WEB.default.svc.cluster.local."   # the asker's case
+    stats = request(sock, {"cmd": "stats"})
+    assert stats["counters"]["dns_answer"] >= 1 and stats["counters"]["dnat"] == 0
+
+
+def test_the_dns_service_is_pointed_at_the_node_itself(node):
+    _, sock, _ = node
+    services = {(s["namespace"], s["name"]): s for s in request(sock, {"cmd": "services"})}
+    endpoints = {(fe["protocol"], e["ip"], e["port"]) for fe in services[("kube-system", "kube-dns")]["frontends"]
+                 for e in fe["endpoints"]}
+    assert endpoints == {("UDP", "192.168.0.2", 53), ("TCP", "192.168.0.2", 53)}
