@@ -31,7 +31,11 @@
   _(POLICY, "policy")                 /* dropped by policy */             \
   _(INVALID_STATE, "invalid_state")   /* conntrack: out of window etc. */\
   _(BAD_VXLAN, "bad_vxlan")           /* to our VXLAN port: unknown VNI, */\
-                                      /* I flag clear, cut off */
+                                      /* I flag clear, cut off */         \
+  _(SVC_NO_PORT, "svc_no_port")       /* ClusterIP, port it does not     \
+                                         serve: rejected (ICMP unreach.) */\
+  _(SVC_UNALLOCATED, "svc_unallocated") /* in a ServiceCIDR, no Service  \
+                                           has the address */
 
 typedef enum {
 #define _(sym, str) DROP_##sym,
