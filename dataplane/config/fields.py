@@ -11,6 +11,7 @@ import difflib
 import ipaddress
 import json
 import re
+import socket
 from typing import Any, Callable, Hashable, Iterable, Mapping
 
 Path = tuple[str | int, ...]
@@ -116,8 +117,15 @@ class Obj:
             if required:
                 raise Invalid(self.at(key), "required field is missing")
             return default
-        check_type(self.at(key), value, typ)
-        return _convert(self.at(key), value, parse)
+        # The common case inline (no path built): loading 100k objects calls this millions of times.
+        if type(value) is not typ:
+            check_type(self.at(key), value, typ)
+        if parse is None:
+            return value
+        try:
+            return parse(value)
+        except ValueError as e:
+            raise Invalid(self.at(key), str(e)) from None
 
     def obj(self, key: str, fields: Iterable[str] | None = None) -> Obj | None:
         value = self.data.get(key)
@@ -203,7 +211,16 @@ def in_range(lo: int, hi: int) -> Callable[[int], int]:
 port_number = in_range(1, 65535)
 
 
+_BROADCAST4 = ipaddress.IPv4Address("255.255.255.255")
+
+
 def ip_address(value: str) -> IPAddress:
+    try:
+        # inet_pton is ~10x faster than ipaddress' parser and as strict for dotted quads
+        # (no leading zeros, exactly four parts); everything else takes the full parser.
+        return ipaddress.IPv4Address(int.from_bytes(socket.inet_pton(socket.AF_INET, value), "big"))
+    except (OSError, TypeError, ValueError):
+        pass
     try:
         addr = ipaddress.ip_address(value)
     except ValueError:
@@ -217,7 +234,7 @@ def unicast_ip(value: str) -> IPAddress:
     """An address a host can own or a packet can be sent to."""
     addr = ip_address(value)
     for bad, what in (addr.is_unspecified, "unspecified"), (addr.is_multicast, "multicast"), \
-            (addr == ipaddress.IPv4Address("255.255.255.255") if addr.version == 4 else False, "broadcast"):
+            (addr == _BROADCAST4, "broadcast"):
         if bad:
             raise ValueError(f"must be a unicast address, got {what} address {value!r}")
     return addr
