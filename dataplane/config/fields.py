@@ -8,6 +8,7 @@ with a human message; `Obj` attaches the field path.
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import json
 import re
@@ -77,6 +78,11 @@ def _show_key(key: Hashable) -> str:
     return repr(key) if isinstance(key, str) else str(key)
 
 
+@functools.lru_cache(maxsize=None)
+def _field_set(fields: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(fields)
+
+
 class Obj:
     """A mapping at `path`. Fatal problems raise Invalid; problems that do not stop
     parsing the rest of the object (unknown fields, one bad list item, duplicates)
@@ -87,7 +93,9 @@ class Obj:
         self.path = path
         self.errors = errors
         if fields is not None:
-            self._reject_unknown(frozenset(fields))
+            known = fields if type(fields) is frozenset else _field_set(tuple(fields))
+            if not self.data.keys() <= known:
+                self._reject_unknown(known)
 
     def _reject_unknown(self, known: frozenset[str]) -> None:
         for key in self.data:
@@ -242,6 +250,11 @@ def unicast_ip(value: str) -> IPAddress:
 
 def non_special_ip(value: str) -> IPAddress:
     """An address the Kubernetes API accepts for externalIPs and endpoints."""
+    addr = ip_address(value)
+    if addr.version == 4:   # the same checks as below as integer ranges: this runs per endpoint
+        x = int(addr)
+        if x and x != 0xFFFFFFFF and x >> 28 != 14 and x >> 24 != 127 and x >> 16 != 0xA9FE:
+            return addr
     addr = unicast_ip(value)
     if addr.is_loopback or addr.is_link_local:
         raise ValueError(f"must not be a loopback or link-local address, got {value!r}")
