@@ -18,12 +18,18 @@ What follows kube-proxy (kubernetes/kubernetes pkg/proxy):
   how a named targetPort reaches the proxy: the EndpointSlice controller resolved it per pod).
   Only addresses of the proxier's family count, the first address of an endpoint is used, and
   duplicates across slices collapse to one, preferring the copy that is local to this node.
-- topology.go CategorizeEndpoints: the cluster set is the ready endpoints (filtered by zone
-  hints when every ready endpoint has them and one is for this node's zone), else the serving
-  and terminating ones; the local set is computed the same way among this node's endpoints.
+- topology.go CategorizeEndpoints: the cluster set is the ready endpoints (filtered by node
+  hints, else zone hints, when every ready endpoint has them and one is for this node / its
+  zone), else the serving and terminating ones; the local set is computed the same way among
+  this node's endpoints. A change of this Node's zone label re-categorizes every Service.
 - util/nodeport_addresses.go: nodePortAddresses CIDRs are per family; a family without any
-  CIDR (or an empty list) keeps NodePorts on all of its node IPs; "primary" means the node's
-  primary IP of each family.
+  CIDR keeps NodePorts on all of its node IPs; "primary" (and, as in nftables mode, an unset
+  list) means the node's primary IP of each family.
+- util/localdetector.go: detectLocalMode picks what counts as pod traffic (cluster CIDRs, this
+  Node's podCIDRs, or the ingress interface); nftables/proxier.go cluster-ips-check: the
+  ServiceCIDRs and the ClusterIPs in use go to the table for the reject / drop of new
+  connections no frontend matched; UDP Service ports that get their first endpoints have the
+  entries towards their frontends flushed.
 - conntrack cleanup (proxier CleanStaleEntries): when an endpoint (ip, port, protocol) stops
   serving for every Service, its UDP/SCTP entries are flushed so datagrams stop going to it.
   TCP is never flushed: its connections end on their own (RST from the gone endpoint).

@@ -548,6 +548,9 @@ CONNTRACK_FIELDS = ("maxPerCore", "min", "tcpEstablishedTimeout", "tcpCloseWaitT
 CLIENT_CONNECTION_FIELDS = ("kubeconfig", "acceptContentTypes", "contentType", "qps", "burst")
 LOGGING_FIELDS = ("format", "flushFrequency", "verbosity", "vmodule", "options")
 _INT32 = in_range(0, 2**31 - 1)
+# kube-proxy takes any int32, but our flow table is preallocated and holds at most 2**30
+# entries (dataplane.conntrack.MAX_CAPACITY): say so here, not as a MemoryError at start.
+_CT_ENTRIES = in_range(0, 2**30)
 
 
 def append_port_if_needed(address: str, port: int) -> str:
@@ -655,8 +658,8 @@ def parse_kube_proxy(o: Obj) -> KubeProxyConfig:
         return c.get(key, str, default, parse=_non_negative_duration)
 
     conntrack = Conntrack(
-        c.get("maxPerCore", int, dc.max_per_core, parse=_INT32),
-        c.get("min", int, dc.min, parse=_INT32),
+        c.get("maxPerCore", int, dc.max_per_core, parse=_CT_ENTRIES),
+        c.get("min", int, dc.min, parse=_CT_ENTRIES),
         duration("tcpEstablishedTimeout", dc.tcp_established_timeout),
         duration("tcpCloseWaitTimeout", dc.tcp_close_wait_timeout),
         c.get("tcpBeLiberal", bool, False),
