@@ -18,12 +18,18 @@ What follows kube-proxy (kubernetes/kubernetes pkg/proxy):
   how a named targetPort reaches the proxy: the EndpointSlice controller resolved it per pod).
   Only addresses of the proxier's family count, the first address of an endpoint is used, and
   duplicates across slices collapse to one, preferring the copy that is local to this node.
-- topology.go CategorizeEndpoints: the cluster set is the ready endpoints (filtered by zone
-  hints when every ready endpoint has them and one is for this node's zone), else the serving
-  and terminating ones; the local set is computed the same way among this node's endpoints.
+- topology.go CategorizeEndpoints: the cluster set is the ready endpoints (filtered by node
+  hints, else zone hints, when every ready endpoint has them and one is for this node / its
+  zone), else the serving and terminating ones; the local set is computed the same way among
+  this node's endpoints. A change of this Node's zone label re-categorizes every Service.
 - util/nodeport_addresses.go: nodePortAddresses CIDRs are per family; a family without any
-  CIDR (or an empty list) keeps NodePorts on all of its node IPs; "primary" means the node's
-  primary IP of each family.
+  CIDR keeps NodePorts on all of its node IPs; "primary" (and, as in nftables mode, an unset
+  list) means the node's primary IP of each family.
+- util/localdetector.go: detectLocalMode picks what counts as pod traffic (cluster CIDRs, this
+  Node's podCIDRs, or the ingress interface); nftables/proxier.go cluster-ips-check: the
+  ServiceCIDRs and the ClusterIPs in use go to the table for the reject / drop of new
+  connections no frontend matched; UDP Service ports that get their first endpoints have the
+  entries towards their frontends flushed.
 - conntrack cleanup (proxier CleanStaleEntries): when an endpoint (ip, port, protocol) stops
   serving for every Service, its UDP/SCTP entries are flushed so datagrams stop going to it.
   TCP is never flushed: its connections end on their own (RST from the gone endpoint).
@@ -35,7 +41,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from .config.k8s import EndpointSlice, KubeProxyConfig, Service
+from .config.k8s import EndpointSlice, KubeProxyConfig, Node, Service, ServiceCIDR
 from .lb import DEFAULT_MAGLEV_M, FE_EXTERNAL, FE_LOCAL, LBTable
 
 __all__ = ["ALGORITHMS", "ChangeTracker", "Proxier", "SyncResult"]
@@ -51,6 +57,7 @@ class SyncResult:
     services_changed: set[tuple[str, str]] = field(default_factory=set)   # frontends/policies changed
     endpoints_changed: set[tuple[str, str]] = field(default_factory=set)  # only endpoint sets changed
     stale_endpoints: list[tuple[str, int, str]] = field(default_factory=list)  # (ip, port, protocol) gone
+    newly_active: set[tuple] = field(default_factory=set)  # UDP Service ports that got their first endpoints
     flushed: int = 0                                                      # conntrack entries removed
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)   # Services left as they were; retried next sync
@@ -103,7 +110,7 @@ class Proxier:
     def __init__(self, node_name: str, node_ips: Iterable, cluster_cidrs: Iterable = (),
                  kube_proxy: KubeProxyConfig | None = None, conntrack=None, algorithm: str = "random",
                  non_masquerade_cidrs: Iterable | None = None, node_zone: str | None = None,
-                 maglev_m: int = DEFAULT_MAGLEV_M, seed: int | None = None):
+                 maglev_m: int = DEFAULT_MAGLEV_M, seed: int | None = None, port_names: Iterable[str] = ()):
         if algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
         self.node_name = node_name
@@ -120,8 +127,15 @@ class Proxier:
         self._primary = {f: [a for a in self.node_ips if a.version == f][:1] for f in (4, 6)}
         self._node_port_ips = {f: self._node_ports(f) for f in (4, 6)}
         self._precomputed: dict = {}     # service -> desired ports, worked out before a pause
+        # PreferSameTrafficDistribution (node hints): on unless the feature gate turns it off.
+        self._same_node = dict(self.kube_proxy.feature_gates).get("PreferSameTrafficDistribution", True)
+        self.port_names = tuple(port_names)    # by port index: the interface modes of detectLocalMode
+        self.node: Node | None = None           # this node's Node (zone, podCIDRs)
+        self.service_cidrs: dict[str, ServiceCIDR] = {}
         self._services_tracker = ChangeTracker()
         self._slices_tracker = ChangeTracker()
+        self._cidrs_tracker = ChangeTracker()
+        self._node_tracker = ChangeTracker()
         self._reset()
         self.lb = self._new_table((), capacity=1024)
 
@@ -134,6 +148,7 @@ class Proxier:
             raise ValueError("the configuration names no node (DataplaneConfiguration nodeName or hostnameOverride)")
         kwargs.setdefault("cluster_cidrs", dp.cluster_cidrs if dp else ())
         kwargs.setdefault("kube_proxy", config.kube_proxy)
+        kwargs.setdefault("port_names", [p.ifname or p.name for p in dp.ports] if dp else ())
         proxier = cls(config.node_name, dp.node_ips if dp else (), **kwargs)
         proxier.apply(config)
         return proxier
@@ -160,7 +175,25 @@ class Proxier:
             nonmasq = self.cluster_cidrs + tuple(on_link)
         return LBTable(node_ips=self.node_ips, cluster_cidrs=self.cluster_cidrs, non_masquerade_cidrs=nonmasq,
                        masquerade_all=self.kube_proxy.masquerade_all, maglev_m=self.maglev_m,
-                       capacity=max(1024, capacity), seed=self.seed)
+                       capacity=max(1024, capacity), seed=self.seed, service_cidrs=self._service_cidr_list(),
+                       **self._local_detector())
+
+    def _local_detector(self) -> dict:
+        """localdetector.go by detectLocalMode: pod traffic is what comes from the cluster CIDRs
+        (ClusterCIDR), this Node's podCIDRs (NodeCIDR; none known yet: no detector, as
+        kube-proxy before the Node has them), or in through the bridge / an interface whose
+        name has the prefix (matched against each port's ifname)."""
+        kp = self.kube_proxy
+        if kp.detect_local_mode == "NodeCIDR":
+            return {"local_cidrs": self.node.pod_cidrs if self.node else ()}
+        if kp.detect_local_mode == "BridgeInterface":
+            return {"local_ports": [n == kp.detect_local.bridge_interface for n in self.port_names]}
+        if kp.detect_local_mode == "InterfaceNamePrefix":
+            return {"local_ports": [n.startswith(kp.detect_local.interface_name_prefix) for n in self.port_names]}
+        return {"local_cidrs": self.cluster_cidrs}
+
+    def _service_cidr_list(self) -> list:
+        return [c for sc in self.service_cidrs.values() for c in sc.cidrs]
 
     def _node_ports(self, family: int) -> list:
         kp = self.kube_proxy
@@ -177,27 +210,37 @@ class Proxier:
     def on_endpoint_slice(self, old: EndpointSlice | None, new: EndpointSlice | None) -> bool:
         return self._slices_tracker.update(_key(old or new), old, new)
 
+    def on_service_cidr(self, old: ServiceCIDR | None, new: ServiceCIDR | None) -> bool:
+        return self._cidrs_tracker.update((old or new).name, old, new)
+
+    def on_node(self, old: Node | None, new: Node | None) -> bool:
+        """This node's Node (others are ignored): its zone label and podCIDRs."""
+        if (old or new).name != self.node_name:
+            return False
+        return self._node_tracker.update(self.node_name, old, new)
+
     # ---- full load ----
 
     def apply(self, config) -> SyncResult:
         """Program exactly the Services and EndpointSlices of `config` into a new table
         generation and make it current; pending handler changes are superseded."""
         result = SyncResult()
-        old_serving = self._serving
-        self._services_tracker.take()
-        self._slices_tracker.take()
+        old_serving, old_installed = self._serving, self._installed
+        for tracker in (self._services_tracker, self._slices_tracker, self._cidrs_tracker, self._node_tracker):
+            tracker.take()
         self._reset()
         if config.node_name is not None and config.node_name != self.node_name:
             result.warnings.append(f"config is for node {config.node_name!r}, this proxier is {self.node_name!r}")
-        zone = next((n.zone for n in config.nodes if n.name == self.node_name), None)
-        self.node_zone = zone or self.node_zone
+        self.node = next((n for n in config.nodes if n.name == self.node_name), None) or self.node
+        self.node_zone = (self.node and self.node.zone) or self.node_zone
+        self.service_cidrs = {c.name: c for c in getattr(config, "service_cidrs", ())}
         on_link = tuple(r.prefix for r in config.dataplane.routes if r.via is None) if config.dataplane else ()
         for s in config.endpoint_slices:
             if s.ignored is None:
                 self._slices.setdefault((s.namespace, s.service_name), {})[s.name] = s
         self._services = {(s.namespace, s.name): s for s in config.services}
         table = self._new_table(on_link, capacity=2 * sum(len(s.ports) for s in config.services))
-        self._sync_all(table, set(self._services), result)
+        self._sync_all(table, set(self._services), result, old_installed)
         self.lb = table
         self._flush(old_serving.keys() - self._serving.keys(), result)
         return result
@@ -212,6 +255,24 @@ class Proxier:
         result = SyncResult()
         touched = set(self._retry)
         self._retry.clear()
+        table_edits = []    # done with the others, inside the pause
+        if self._cidrs_tracker.pending():
+            for name, (_, current) in self._cidrs_tracker.take().items():
+                if current is None:
+                    self.service_cidrs.pop(name, None)
+                else:
+                    self.service_cidrs[name] = current
+            table_edits.append(lambda cidrs=self._service_cidr_list(): self.lb.set_service_cidrs(cidrs))
+        if self._node_tracker.pending():
+            (_, node), = self._node_tracker.take().values()
+            old_cidrs = self.node.pod_cidrs if self.node else ()
+            self.node = node
+            zone = node.zone if node else None
+            if zone != self.node_zone:          # topology hints are read against the zone
+                self.node_zone = zone
+                touched |= set(self._services)
+            if self.kube_proxy.detect_local_mode == "NodeCIDR" and (node.pod_cidrs if node else ()) != old_cidrs:
+                table_edits.append(lambda cidrs=node.pod_cidrs if node else (): self.lb.set_local_cidrs(cidrs))
         for key, (_, current) in self._services_tracker.take().items():
             touched.add(key)
             if current is None:
@@ -228,6 +289,8 @@ class Proxier:
         self._precomputed = {key: self._desired_or_error(key) for key in touched}
         try:
             with pause():
+                for edit in table_edits:
+                    edit()
                 self._sync_all(self.lb, touched, result)
                 gone, self._gone = self._gone, set()
                 self._flush(gone, result)
@@ -244,8 +307,11 @@ class Proxier:
 
     # ---- one Service ----
 
-    def _sync_service(self, table: LBTable, svc_key: tuple[str, str], result: SyncResult):
+    def _sync_service(self, table: LBTable, svc_key: tuple[str, str], result: SyncResult,
+                      previous: dict | None = None):
         installed = self._installed.get(svc_key, {})
+        # What was usable before this change (apply: the previous generation's state).
+        before = installed if previous is None else previous.get(svc_key, {})
         desired = self._precomputed.pop(svc_key, None)
         if desired is None:
             desired = self._desired_or_error(svc_key)
@@ -292,6 +358,9 @@ class Proxier:
             new_installed[port_key] = want
             if have is not None and have.serving != want.serving:
                 changed_endpoints = True
+            was = before.get(port_key)
+            if port_key[3] == "UDP" and want.cluster and not (was and was.cluster):
+                self._flush_frontends(port_key, want, result)
         if new_installed:
             self._installed[svc_key] = new_installed
         else:
@@ -331,11 +400,20 @@ class Proxier:
         self._owners.pop(fe, None)
         self._wakeups |= self._waiting.pop(fe, set())
 
-    def _sync_all(self, table: LBTable, keys: set, result: SyncResult):
+    def _sync_all(self, table: LBTable, keys: set, result: SyncResult, previous: dict | None = None):
         while keys:
             for key in sorted(keys):
-                self._sync_service(table, key, result)
+                self._sync_service(table, key, result, previous)
             keys, self._wakeups = self._wakeups, set()
+
+    def _flush_frontends(self, port_key, want: _Port, result: SyncResult):
+        """A UDP Service port went from no endpoints to some (kube-proxy's newly active UDP
+        services): entries tracked towards any of its frontends (ClusterIP, externalIPs,
+        load-balancer IPs, NodePorts) while it had none would keep bypassing the DNAT."""
+        result.newly_active.add(port_key)
+        if self.conntrack is not None:
+            for addr, port, *_ in want.frontends:
+                result.flushed += self.conntrack.flush_destination(str(addr), port, 17) or 0
 
     def _refcount(self, old: frozenset, new: frozenset):
         for ep in new - old:
@@ -419,7 +497,7 @@ class Proxier:
                 accessible = bool(sp.node_port and node_ips) or bool(external_ips) or bool(vips)
                 eps = by_port.get((sp.name, sp.protocol), {})
                 cluster, local = _categorize(eps.values(), internal_local or (external_local and accessible),
-                                             self.node_zone)
+                                             self.node_zone, self.node_name, self._same_node)
                 serving = frozenset((e[0], e[1], sp.protocol, family) for e in eps.values() if e[2] or e[3])
                 out[key] = _Port(tuple(frontends), affinity, cluster, local, serving)
         return out
@@ -456,7 +534,7 @@ def _key(obj) -> tuple[str, str]:
 
 def _endpoints_by_port(slices, address_type: str, node_name: str) -> dict[tuple[str, str], dict]:
     """endpointslicecache.go endpointInfoByServicePort/addEndpoints: (port name, protocol) ->
-    {(ip, port): (ip, port, ready, serving, terminating, local, zone hints)}, addresses as ints
+    {(ip, port): (ip, port, ready, serving, terminating, local, zone hints, node hints)}, addresses as ints
     (cheap to hash; the table takes them as they are)."""
     out: dict[tuple[str, str], dict] = {}
     for s in slices:
@@ -471,15 +549,28 @@ def _endpoints_by_port(slices, address_type: str, node_name: str) -> dict[tuple[
                 k = (int(e.addresses[0]), port)
                 local = e.node_name == node_name
                 if local or k not in eps:
-                    eps[k] = (k[0], port, e.ready, e.serving, e.terminating, local, e.hint_zones)
+                    eps[k] = (k[0], port, e.ready, e.serving, e.terminating, local, e.hint_zones, e.hint_nodes)
     return out
 
 
-def _categorize(eps, uses_local: bool, zone: str | None) -> tuple[tuple, tuple]:
-    """topology.go CategorizeEndpoints -> (cluster, local) as (ip, port) tuples."""
-    ready = [e for e in eps if e[2]]
-    if zone is not None and ready and all(e[6] for e in ready) and any(zone in e[6] for e in ready):
-        ready = [e for e in ready if zone in e[6]]       # canUseTopology / availableForTopology
+def _topology_filter(ready: list, node_name: str, zone: str | None, same_node: bool):
+    """topology.go topologyModeFromHints + availableForTopology over the ready endpoints.
+    Node hints (PreferSameNode) win when every ready endpoint has one and one names this node;
+    else zone hints (PreferClose / PreferSameZone) when every ready endpoint has one and one is
+    for this node's zone; else no topology. The EndpointSlice controller writes the hints from
+    the Service's trafficDistribution, so the proxy reads only the hints."""
+    if same_node and ready and all(e[7] for e in ready) and any(node_name in e[7] for e in ready):
+        return [e for e in ready if node_name in e[7]]
+    if zone and ready and all(e[6] for e in ready) and any(zone in e[6] for e in ready):
+        return [e for e in ready if zone in e[6]]
+    return ready
+
+
+def _categorize(eps, uses_local: bool, zone: str | None, node_name: str = "",
+                same_node: bool = True) -> tuple[tuple, tuple]:
+    """topology.go CategorizeEndpoints -> (cluster, local) as (ip, port) tuples. The
+    serving-and-terminating fallback ignores topology (no ready endpoint anywhere)."""
+    ready = _topology_filter([e for e in eps if e[2]], node_name, zone, same_node)
     cluster = ready or [e for e in eps if e[3] and e[4]]
     local = []
     if uses_local:

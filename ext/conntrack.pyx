@@ -1011,6 +1011,24 @@ cdef class Conntrack:
                          "proto": proto})
         return self._flush(t.saddr, t.family, t.sport, t.proto)
 
+    def flush_destination(self, dst_ip, int port, int proto):
+        """Delete every entry of `proto` whose original direction went to dst_ip:port (kube-proxy
+        clears a UDP Service's frontends when it gets its first endpoints: datagrams tracked
+        while it had none must meet the new DNAT). Scans all entries; returns how many."""
+        cdef pkt_tuple t
+        cdef uint32_t i, n = 0
+        cdef ct_entry *e
+        _fill_tuple(&t, {"src": dst_ip, "dst": dst_ip, "sport": 0, "dport": port, "proto": proto})
+        for i in range(self.hwm):
+            e = &self.ent[i]
+            if (e.state != CT_STATE_FREE and e.orig.proto == t.proto and e.orig.family == t.family
+                    and e.orig.dport == t.dport and e.orig.daddr[0] == t.daddr[0] and e.orig.daddr[1] == t.daddr[1]
+                    and e.orig.daddr[2] == t.daddr[2] and e.orig.daddr[3] == t.daddr[3]):
+                self._free(i)
+                n += 1
+        self.st.deleted += n
+        return n
+
     def save(self, path):
         """Write the live entries to `path` so a restarted dataplane can reload them and
         established connections survive the restart. Returns how many were written.

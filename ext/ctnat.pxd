@@ -26,4 +26,5 @@ cdef class CtNat:
                         uint64_t *drops) noexcept nogil
     cdef void related(self, burst_t *b, uint32_t i, int64_t hit, uint8_t dir, uint64_t *cnt,
                       uint64_t *drops) noexcept nogil
-    cdef void reject(self, burst_t *b, uint32_t i, uint64_t *cnt, uint64_t *drops) noexcept nogil
+    cdef void reject(self, burst_t *b, uint32_t i, uint64_t *cnt, uint64_t *drops, uint8_t reason,
+                     bint tcp_rst) noexcept nogil

@@ -20,14 +20,15 @@ from dataplane.includes.pkt cimport (
     DROP_BAD_L4_CSUM,
     CNT_CT_NEW, CNT_CT_ESTABLISHED, CNT_CT_REPLY, CNT_CT_RELATED, CNT_DNAT, CNT_SNAT, CNT_REJECT,
     DROP_CT_FULL, DROP_NO_ENDPOINT, DROP_SRC_RANGE, DROP_NAT_EXHAUSTED, DROP_INVALID_STATE,
-    DROP_TRUNCATED,
+    DROP_TRUNCATED, DROP_SVC_NO_PORT, DROP_SVC_UNALLOCATED,
 )
 from dataplane.conntrack cimport (
     Conntrack, ct_entry, ct_tcp_seg, ct_tcp_seg_parse, CT_DIR_ORIG, CT_DIR_REPLY, CT_ESTABLISHED,
     CT_REPLY, CT_INVALID, CT_REOPEN, CT_ERR_FULL, CT_ERR_COLLISION, CT_F_DNAT, CT_F_SNAT,
 )
 from dataplane.csum cimport csum_add, csum_fold, pseudo6
-from dataplane.lb cimport LBTable, lb_backend, LB_OK, LB_REJECT, LB_DROP, LB_SRC_DENIED, LB_MASQ
+from dataplane.lb cimport (LBTable, lb_backend, LB_OK, LB_REJECT, LB_DROP, LB_SRC_DENIED, LB_MASQ,
+                           LB_VIP_NO_PORT, LB_VIP_UNALLOCATED)
 from dataplane.nat cimport nat_rewrite, nat_rewrite_icmp_error, build_tcp_rst, build_icmp_unreach
 from dataplane.parse cimport tuple_hash
 
@@ -159,13 +160,24 @@ cdef class CtNat:
         cdef int r
         if m.t.proto == IPPROTO_TCP or m.t.proto == IPPROTO_UDP or m.t.proto == IPPROTO_SCTP:
             svc = self.lb.lookup_service(&m.t)
+        if svc < 0:
+            # nftables cluster-ips-check: a ClusterIP on a port it does not serve is rejected
+            # (nft "reject": ICMP port unreachable for every protocol); an address of a
+            # ServiceCIDR that no Service has is dropped.
+            r = self.lb.check_service_ip(&m.t)
+            if r == LB_VIP_NO_PORT:
+                self.reject(b, i, cnt, drops, DROP_SVC_NO_PORT, False)
+                return False
+            if r == LB_VIP_UNALLOCATED:
+                pkt_drop(b, i, DROP_SVC_UNALLOCATED, drops)
+                return False
         reply.pad = 0
         reply.proto = m.t.proto
         reply.family = m.t.family
         if svc >= 0:
-            r = self.lb.select_backend(svc, &m.t, m.hash, now_ns, &be, &lb_flags)
+            r = self.lb.select_backend(svc, &m.t, m.hash, m.port_in, now_ns, &be, &lb_flags)
             if r == LB_REJECT:
-                self.reject(b, i, cnt, drops)
+                self.reject(b, i, cnt, drops, DROP_NO_ENDPOINT, True)
                 return False
             if r != LB_OK:
                 pkt_drop(b, i, DROP_SRC_RANGE if r == LB_SRC_DENIED else DROP_NO_ENDPOINT, drops)
@@ -276,19 +288,21 @@ cdef class CtNat:
             return
         cnt[CNT_CT_RELATED] += 1
 
-    cdef void reject(self, burst_t *b, uint32_t i, uint64_t *cnt, uint64_t *drops) noexcept nogil:
-        """kube-proxy REJECTs traffic to a Service without endpoints; the answer goes straight
-        back to the previous hop (the builders swap the Ethernet addresses)."""
+    cdef void reject(self, burst_t *b, uint32_t i, uint64_t *cnt, uint64_t *drops, uint8_t reason,
+                     bint tcp_rst) noexcept nogil:
+        """kube-proxy REJECTs traffic to a Service without endpoints (TCP RST when tcp_rst, else
+        ICMP port unreachable); the answer goes straight back to the previous hop (the builders
+        swap the Ethernet addresses). `reason` names why in the trace."""
         cdef int r
-        if b.meta[i].t.proto == IPPROTO_TCP:
+        if tcp_rst and b.meta[i].t.proto == IPPROTO_TCP:
             r = build_tcp_rst(b, i)
         else:
             r = build_icmp_unreach(b, i)
         if r != 0:  # never answer a RST or an ICMP error: drop instead
-            pkt_drop(b, i, DROP_NO_ENDPOINT, drops)
+            pkt_drop(b, i, reason, drops)
             return
         b.verdict[i] = V_REJECT
-        b.reason[i] = DROP_NO_ENDPOINT
+        b.reason[i] = reason
         b.meta[i].port_out = b.meta[i].port_in
         cnt[CNT_REJECT] += 1
 

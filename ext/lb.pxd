@@ -16,6 +16,13 @@ cdef enum:
     # flags the selection adds for the NAT stage
     LB_MASQ = 0x1          # SNAT the connection to the node IP
 
+# check_service_ip results: kube-proxy nftables' cluster-ips-check chain, for new
+# connections that matched no frontend.
+cdef enum:
+    LB_VIP_NONE = 0        # not a Service address: route as usual
+    LB_VIP_NO_PORT = 1     # a ClusterIP on a port/protocol it does not serve: reject (ICMP)
+    LB_VIP_UNALLOCATED = 2 # inside a ServiceCIDR but no Service has it: drop
+
 # lb_service.flags: what kind of frontend this is.
 cdef enum:
     LB_FE_EXTERNAL = 0x1   # NodePort, externalIP or load-balancer VIP (externalTrafficPolicy applies)
@@ -61,6 +68,11 @@ ctypedef struct lb_service:
     uint32_t n_src         # loadBalancerSourceRanges (+ the VIPs when the node may use them)
     cidr_t *src
 
+# One ClusterIP in use (the set kube-proxy calls cluster-ips); open addressing.
+ctypedef struct lb_vip:
+    uint32_t addr[4]
+    uint8_t family         # 0: slot empty
+
 # ClientIP affinity (one entry per (service port, client)), written from the fast path.
 ctypedef struct lb_affinity:
     uint32_t client[4]
@@ -95,6 +107,20 @@ cdef class LBTable:
     cdef uint32_t n_node_addrs
     cdef uint32_t node4[4]
     cdef uint32_t node6[4]
+    # kube-proxy's local traffic detector (detectLocalMode): source CIDRs (ClusterCIDR, NodeCIDR)
+    # or, for BridgeInterface / InterfaceNamePrefix, a per-ingress-port flag.
+    cdef cidr_t *localnet
+    cdef uint32_t n_localnet
+    cdef bint local_known[2]       # per family (v4, v6): the detector is implemented
+    cdef uint8_t *local_ports      # NULL unless detecting by interface
+    cdef uint32_t n_local_ports
+    # ClusterIPs in use and the ServiceCIDRs (cluster-ips-check)
+    cdef lb_vip *vips
+    cdef uint32_t vip_mask
+    cdef uint32_t n_vips
+    cdef dict _vip_refs            # (family, address bytes) -> frontends using it
+    cdef cidr_t *svc_cidrs
+    cdef uint32_t n_svc_cidrs
     cdef uint64_t st_affinity_full, st_affinity_hits, st_reject, st_drop, st_denied
     cdef dict _groups              # Python service key -> group index
     cdef dict _fes                 # group index -> list of frontend indexes
@@ -110,14 +136,22 @@ cdef class LBTable:
     cdef int _build_set(self, object backends, uint8_t family, bint maglev, lb_set *out) except -1
     cdef _grow(self, uint32_t need_svcs, uint32_t need_groups)
     cdef _drop_frontends(self, int32_t gi)
+    cdef bint _src_local(self, const pkt_tuple *t, uint16_t port_in) noexcept nogil
+    cdef bint _local_known(self, uint8_t family) noexcept nogil
+    cdef int64_t _vip_find(self, const uint32_t *addr, uint8_t family) noexcept nogil
+    cdef _vip_reserve(self, uint32_t need)
+    cdef _vip_ref(self, const lb_service *fe, int delta)
     cdef _tuple(self, pkt_tuple *t, dst, dport, proto, src, sport)
 
     # Frontend lookup by the packet's destination (address, port, protocol); NULL-free API:
     # returns the service index or -1.
     cdef int64_t lookup_service(self, const pkt_tuple *t) noexcept nogil
-    # Choose a backend for a new connection t to service svc; fills *backend and *flags (LB_MASQ).
-    cdef int select_backend(self, int64_t svc, const pkt_tuple *t, uint32_t hash,
+    # Choose a backend for a new connection t to service svc, received on port port_in; fills
+    # *backend and *flags (LB_MASQ).
+    cdef int select_backend(self, int64_t svc, const pkt_tuple *t, uint32_t hash, uint16_t port_in,
                             uint64_t now_ns, lb_backend *backend, uint32_t *flags) noexcept nogil
+    # A new connection that matched no frontend: LB_VIP_* (cluster-ips-check).
+    cdef int check_service_ip(self, const pkt_tuple *t) noexcept nogil
     # Service id (stable per service port) for conntrack entries and counters.
     cdef uint32_t service_id(self, int64_t svc) noexcept nogil
     # Pod traffic that leaves the cluster is SNATed to the node IP ("NAT outgoing").

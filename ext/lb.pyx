@@ -29,6 +29,7 @@ __all__ = ["LBTable", "FE_EXTERNAL", "FE_LOCAL", "RESULTS", "DEFAULT_MAGLEV_M"]
 FE_EXTERNAL = LB_FE_EXTERNAL
 FE_LOCAL = LB_FE_LOCAL
 RESULTS = ("OK", "REJECT", "DROP", "SRC_DENIED")
+VIP_RESULTS = ("NONE", "NO_PORT", "UNALLOCATED")
 DEFAULT_MAGLEV_M = 16381           # prime; Cilium's default table size
 _PROTOS = {"TCP": 6, "UDP": 17, "SCTP": 132}
 
@@ -175,21 +176,28 @@ cdef class LBTable:
     """Service frontends and their endpoint sets.
 
     LBTable(node_ips=(), cluster_cidrs=(), non_masquerade_cidrs=None, masquerade_all=False,
-            maglev_m=16381, affinity_capacity=65536, capacity=1024, seed=None)
+            maglev_m=16381, affinity_capacity=65536, capacity=1024, seed=None,
+            local_cidrs=None, local_ports=None, service_cidrs=())
 
     node_ips: this node's addresses (SNAT source: the first of each family; traffic from any of
-    them is "locally originated"). cluster_cidrs: the pod networks; per family, knowing them
-    enables kube-proxy's off-cluster ClusterIP masquerade and eTP=Local pod short-circuit.
+    them is "locally originated"). cluster_cidrs: the pod networks (NAT outgoing).
     non_masquerade_cidrs: destinations NAT-outgoing never SNATs to (None: the cluster CIDRs).
+    The local traffic detector (kube-proxy's detectLocalMode) decides the off-cluster ClusterIP
+    masquerade and the eTP=Local pod short-circuit: local_cidrs are the sources that count as
+    local (None: cluster_cidrs; ClusterCIDR or NodeCIDR mode; a family without one has no
+    detector), or local_ports, one flag per port index, marks the ports whose traffic is local
+    (BridgeInterface / InterfaceNamePrefix). service_cidrs: see set_service_cidrs().
     """
 
     def __cinit__(self, node_ips=(), cluster_cidrs=(), non_masquerade_cidrs=None, masquerade_all=False,
-                  maglev_m=DEFAULT_MAGLEV_M, affinity_capacity=65536, capacity=1024, seed=None):
+                  maglev_m=DEFAULT_MAGLEV_M, affinity_capacity=65536, capacity=1024, seed=None,
+                  local_cidrs=None, local_ports=None, service_cidrs=()):
         cdef uint32_t i, size = 16
         cdef uint32_t words[4]
         cdef uint8_t fam
         self._groups = {}
         self._fes = {}
+        self._vip_refs = {}
         self._free_svcs = []
         self._free_groups = []
         if not _prime(maglev_m) or maglev_m > 1 << 24:
@@ -208,6 +216,20 @@ cdef class LBTable:
                               &self.n_nonmasq)
         for i in range(self.n_cluster):
             self.cluster_known[0 if self.cluster[i].family == 4 else 1] = True
+        if local_ports is not None:
+            self.n_local_ports = len(local_ports)
+            self.local_ports = <uint8_t *>calloc(max(1, self.n_local_ports), 1)
+            if self.local_ports == NULL:
+                raise MemoryError()
+            for i in range(self.n_local_ports):
+                self.local_ports[i] = bool(local_ports[i])
+            self.local_known[0] = self.local_known[1] = True
+        else:
+            self.localnet = _cidrs(cluster_cidrs if local_cidrs is None else local_cidrs, &self.n_localnet)
+            for i in range(self.n_localnet):
+                self.local_known[0 if self.localnet[i].family == 4 else 1] = True
+        self.set_service_cidrs(service_cidrs)
+        self._vip_reserve(capacity)
         node_ips = [_ip(a) for a in node_ips]
         self.node_addrs = _cidrs([ipaddress.ip_network(a) for a in node_ips], &self.n_node_addrs)
         for a in reversed(node_ips):        # the first address of each family wins
@@ -247,6 +269,10 @@ cdef class LBTable:
         free(self.fe_slots)
         free(self.aff)
         free(self.cluster)
+        free(self.localnet)
+        free(self.local_ports)
+        free(self.vips)
+        free(self.svc_cidrs)
         free(self.nonmasq)
         free(self.node_addrs)
 
@@ -318,13 +344,37 @@ cdef class LBTable:
         slot.expires_ns = now_ns + g.affinity_ns
         return i
 
-    cdef int select_backend(self, int64_t svc, const pkt_tuple *t, uint32_t hash,
+    cdef bint _src_local(self, const pkt_tuple *t, uint16_t port_in) noexcept nogil:
+        """kube-proxy's LocalTrafficDetector.IsLocal for the packet's source."""
+        if self.local_ports != NULL:
+            return port_in < self.n_local_ports and self.local_ports[port_in]
+        return cidr_set_match(self.localnet, self.n_localnet, t.saddr, t.family)
+
+    cdef bint _local_known(self, uint8_t family) noexcept nogil:
+        return self.local_known[0 if family == 4 else 1]
+
+    cdef int64_t _vip_find(self, const uint32_t *addr, uint8_t family) noexcept nogil:
+        cdef uint32_t i = <uint32_t>_fe_hash(addr, 0, 0, family) & self.vip_mask
+        while self.vips[i].family:
+            if self.vips[i].family == family and _addr_eq(self.vips[i].addr, addr):
+                return i
+            i = (i + 1) & self.vip_mask
+        return -1
+
+    cdef int check_service_ip(self, const pkt_tuple *t) noexcept nogil:
+        # nftables: "ip daddr @cluster-ips reject", then "ip daddr { service CIDRs } drop".
+        if self.n_vips and self._vip_find(t.daddr, t.family) >= 0:
+            return LB_VIP_NO_PORT
+        if cidr_set_match(self.svc_cidrs, self.n_svc_cidrs, t.daddr, t.family):
+            return LB_VIP_UNALLOCATED
+        return LB_VIP_NONE
+
+    cdef int select_backend(self, int64_t svc, const pkt_tuple *t, uint32_t hash, uint16_t port_in,
                             uint64_t now_ns, lb_backend *backend, uint32_t *flags) noexcept nogil:
         cdef lb_service *fe = &self.svcs[svc]
         cdef lb_group *g = &self.groups[fe.group]
         cdef const lb_set *s
         cdef uint32_t masq = 0, i
-        cdef int fam = 0 if t.family == 4 else 1
         flags[0] = 0
         # The firewall chain runs before DNAT and whether or not there are endpoints.
         if fe.n_src and not cidr_set_match(fe.src, fe.n_src, t.saddr, t.family):
@@ -339,7 +389,7 @@ cdef class LBTable:
                 # "masquerade traffic for external destinations": all of it, pods included.
                 masq = LB_MASQ
                 s = &g.cluster
-            elif self.cluster_known[fam] and cidr_set_match(self.cluster, self.n_cluster, t.saddr, t.family):
+            elif self._local_known(t.family) and self._src_local(t, port_in):
                 # "short-circuit pod traffic": pods reach external VIPs through the cluster set,
                 # as if they went out to the load balancer and came back.
                 s = &g.cluster
@@ -350,9 +400,8 @@ cdef class LBTable:
             else:
                 s = &g.local
         else:
-            # ClusterIP: masqueradeAll, else off-cluster sources when the cluster CIDR is known.
-            if self.masquerade_all or (self.cluster_known[fam] and not cidr_set_match(
-                    self.cluster, self.n_cluster, t.saddr, t.family)):
+            # ClusterIP: masqueradeAll, else non-local sources when the local detector is implemented.
+            if self.masquerade_all or (self._local_known(t.family) and not self._src_local(t, port_in)):
                 masq = LB_MASQ
             s = &g.local if fe.flags & LB_FE_LOCAL else &g.cluster
         if s.n == 0:
@@ -499,8 +548,91 @@ cdef class LBTable:
         self.fe_slots[i] = -1
         self.n_frontends -= 1
 
+    cdef _vip_reserve(self, uint32_t need):
+        """Room for `need` ClusterIPs at load <= 1/2 (rehashing live entries into a new array)."""
+        cdef uint32_t size = 0, new_size = 16, i, j
+        cdef lb_vip *table
+        if self.vips != NULL:
+            size = self.vip_mask + 1
+        if 2 * need <= size:
+            return
+        while new_size < 2 * need:
+            new_size <<= 1
+        table = <lb_vip *>calloc(new_size, sizeof(lb_vip))
+        if table == NULL:
+            raise MemoryError()
+        for i in range(size):
+            if self.vips[i].family:
+                j = <uint32_t>_fe_hash(self.vips[i].addr, 0, 0, self.vips[i].family) & (new_size - 1)
+                while table[j].family:
+                    j = (j + 1) & (new_size - 1)
+                table[j] = self.vips[i]
+        free(self.vips)
+        self.vips = table
+        self.vip_mask = new_size - 1
+
+    cdef _vip_ref(self, const lb_service *fe, int delta):
+        """Count a ClusterIP frontend in or out of the cluster-ips set (room reserved before)."""
+        cdef uint32_t i, j, home
+        cdef long n
+        cdef object key
+        if fe.flags & LB_FE_EXTERNAL:
+            return
+        key = (fe.family, (<const char *>fe.addr)[:16])
+        n = <long>self._vip_refs.get(key, 0) + delta
+        if n:
+            self._vip_refs[key] = n
+        else:
+            del self._vip_refs[key]
+        if delta > 0 and n == 1:
+            i = <uint32_t>_fe_hash(fe.addr, 0, 0, fe.family) & self.vip_mask
+            while self.vips[i].family:
+                i = (i + 1) & self.vip_mask
+            memcpy(self.vips[i].addr, fe.addr, 16)
+            self.vips[i].family = fe.family
+            self.n_vips += 1
+        elif n == 0:
+            # Linear probing delete with backward shift, as _fe_delete.
+            i = <uint32_t>self._vip_find(fe.addr, fe.family)
+            j = i
+            while True:
+                j = (j + 1) & self.vip_mask
+                if not self.vips[j].family:
+                    break
+                home = <uint32_t>_fe_hash(self.vips[j].addr, 0, 0, self.vips[j].family) & self.vip_mask
+                if (j > i and (home <= i or home > j)) or (j < i and home <= i and home > j):
+                    self.vips[i] = self.vips[j]
+                    i = j
+            memset(&self.vips[i], 0, sizeof(lb_vip))
+            self.n_vips -= 1
+
+    def set_service_cidrs(self, cidrs):
+        """The ServiceCIDRs (networks): new connections to an address inside them that no
+        Service has are dropped. Empty: no such check (kube-proxy without ServiceCIDRs)."""
+        cdef uint32_t n = 0
+        cdef cidr_t *new = _cidrs(list(cidrs), &n)
+        free(self.svc_cidrs)
+        self.svc_cidrs = new
+        self.n_svc_cidrs = n
+
+    def set_local_cidrs(self, cidrs):
+        """Replace the local detector's source CIDRs (NodeCIDR mode: the Node's podCIDRs
+        changed). ValueError when the table detects local traffic by interface."""
+        cdef uint32_t n = 0, i
+        cdef cidr_t *new
+        if self.local_ports != NULL:
+            raise ValueError("this table detects local traffic by ingress port, not by CIDR")
+        new = _cidrs(list(cidrs), &n)
+        free(self.localnet)
+        self.localnet = new
+        self.n_localnet = n
+        self.local_known[0] = self.local_known[1] = False
+        for i in range(n):
+            self.local_known[0 if new[i].family == 4 else 1] = True
+
     cdef _drop_frontends(self, int32_t gi):
         for s in self._fes.pop(gi, ()):
+            self._vip_ref(&self.svcs[s], -1)
             self._fe_delete(s)
             free(self.svcs[s].src)
             memset(&self.svcs[s], 0, sizeof(lb_service))
@@ -561,6 +693,7 @@ cdef class LBTable:
             self._build_set(local, family, maglev, &lset)
             old = len(self._fes.get(gi, ()))
             self._grow(self.n_frontends - old + n, len(self._groups) + 1)
+            self._vip_reserve(len(self._vip_refs) + n)
         except BaseException:
             for i in range(n):
                 free(tmp[i].src)
@@ -590,6 +723,7 @@ cdef class LBTable:
             self.svcs[s] = tmp[i]
             self.svcs[s].group = gi
             self._fe_insert(<int32_t>s)
+            self._vip_ref(&self.svcs[s], 1)
             fes.append(s)
         self._fes[gi] = fes
         free(tmp)
@@ -657,9 +791,16 @@ cdef class LBTable:
         self._tuple(&t, dst, port, proto, dst, 1)
         return self.lookup_service(&t)
 
-    def select(self, dst, port, proto, src, sport=40000, hash=None, now_ns=0):
-        """(result, backend address, backend port, masquerade) for a new connection; result is
-        one of RESULTS or "NO_SERVICE". `hash` defaults to the tuple's flow hash."""
+    def check(self, dst, port, proto, src=None):
+        """check_service_ip for a new connection that matched no frontend: one of VIP_RESULTS."""
+        cdef pkt_tuple t
+        self._tuple(&t, dst, port, proto, dst if src is None else src, 1)
+        return VIP_RESULTS[self.check_service_ip(&t)]
+
+    def select(self, dst, port, proto, src, sport=40000, hash=None, now_ns=0, port_in=0):
+        """(result, backend address, backend port, masquerade) for a new connection received
+        on port index port_in; result is one of RESULTS or "NO_SERVICE". `hash` defaults to
+        the tuple's flow hash."""
         cdef pkt_tuple t
         cdef lb_backend be
         cdef uint32_t flags = 0
@@ -669,7 +810,8 @@ cdef class LBTable:
         s = self.lookup_service(&t)
         if s < 0:
             return ("NO_SERVICE", None, None, False)
-        rc = self.select_backend(s, &t, tuple_hash(&t) if hash is None else <uint32_t>hash, now_ns, &be, &flags)
+        rc = self.select_backend(s, &t, tuple_hash(&t) if hash is None else <uint32_t>hash, port_in, now_ns,
+                                 &be, &flags)
         if rc != LB_OK:
             return (RESULTS[rc], None, None, False)
         return ("OK", _addr_str(be.addr, be.family), be.port, bool(flags & LB_MASQ))

@@ -284,10 +284,15 @@ def test_topology_hints():
 class FakeConntrack:
     def __init__(self):
         self.calls = []
+        self.destinations = []
 
     def flush(self, ip, port, proto):
         self.calls.append((ip, port, proto))
         return 1
+
+    def flush_destination(self, ip, port, proto):
+        self.destinations.append((ip, port, proto))
+        return 0
 
 
 @pytest.fixture

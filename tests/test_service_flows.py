@@ -14,7 +14,7 @@ import pytest
 from scapy.all import (ICMP, IP, SCTP, TCP, UDP, Ether, ICMPv6DestUnreach, IPv6, IPerror,
                        SCTPChunkInit, UDPerror)
 
-from dataplane.burst import COUNTERS, Burst
+from dataplane.burst import COUNTERS, DROP_REASONS, Burst
 from dataplane.cli import main
 from dataplane.config import loads
 from dataplane.tables import NodeDataplane
@@ -206,10 +206,14 @@ FLOWS = [
      False, None),
     ("pod to node network: untouched", "10.244.0.11", "192.168.0.50", 22, "TCP",
      {"192.168.0.50:22"}, False, None),
-    # Not a Service port: it leaves the cluster like any other destination (NAT outgoing), as
-    # with kube-proxy's iptables mode plus a host-gw CNI's masquerade rule.
-    ("unknown port on a ClusterIP", "10.244.0.11", "10.96.0.10", 81, "TCP",
-     {"10.96.0.10:81"}, True, None),
+    # Not a Service port of a ClusterIP: nftables' cluster-ips-check rejects it.
+    ("unknown port on a ClusterIP", "10.244.0.11", "10.96.0.10", 81, "TCP", set(), False,
+     ("reject", "svc_no_port")),
+    ("unknown protocol on a ClusterIP", "10.244.0.11", "10.96.0.10", 80, "UDP", set(), False,
+     ("reject", "svc_no_port")),
+    # Without ServiceCIDR objects an unallocated address is not checked: NAT outgoing.
+    ("unallocated service address", "10.244.0.11", "10.96.0.111", 80, "TCP",
+     {"10.96.0.111:80"}, True, None),
 ]
 
 
@@ -430,3 +434,30 @@ def test_maglev_keeps_most_flows_when_an_endpoint_goes():
     stayed = [k for k in before if before[k] != "10.244.1.107:8080"]
     moved = [k for k in stayed if before[k] != after[k]]
     assert len(moved) <= len(stayed) // 10, (len(moved), len(stayed))
+
+
+SERVICE_CIDR = """
+---
+apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata: {name: kubernetes}
+spec: {cidrs: [10.96.0.0/16, "fd00:96::/112"]}
+"""
+
+
+def test_cluster_ips_check_with_service_cidrs():
+    """kube-proxy nftables: reject (ICMP port unreachable, TCP too) a ClusterIP's unserved
+    port, drop an address of a ServiceCIDR that no Service has, leave other traffic alone."""
+    node = Node(CLUSTER + SERVICE_CIDR)
+    (rec, frame), = node.send(IP(src="10.244.0.11", dst="10.96.0.10") / TCP(sport=4444, dport=81, flags="S"))
+    assert (rec["verdict"], rec["reason"], rec["port"]) == ("reject", "svc_no_port", "eth0")
+    assert frame[ICMP].type == 3 and frame[ICMP].code == 3 and frame[IP].src == "10.96.0.10"
+    for dst in ("10.96.0.111", "fd00:96::99"):
+        (rec, _), = node.send(ip("10.244.0.11" if ":" not in dst else "fd00:244::11", dst) / TCP(sport=4444, dport=80))
+        assert (rec["verdict"], rec["reason"]) == ("drop", "svc_unallocated"), dst
+    (rec, _), = node.send(IP(src="10.244.0.11", dst="10.97.0.1") / TCP(sport=4444, dport=80))
+    assert rec["verdict"] == "forward"
+    (rec, _), = node.send(IP(src="10.244.0.11", dst="10.96.0.10") / TCP(sport=4444, dport=80, flags="S"))
+    assert rec["verdict"] == "forward" and rec["out"]["dport"] == 8080
+    drops = dict(zip(DROP_REASONS, map(int, node.dp.pipeline.drops)))
+    assert drops["svc_unallocated"] == 2

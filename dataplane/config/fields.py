@@ -8,9 +8,11 @@ with a human message; `Obj` attaches the field path.
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import json
 import re
+import socket
 from typing import Any, Callable, Hashable, Iterable, Mapping
 
 Path = tuple[str | int, ...]
@@ -76,6 +78,11 @@ def _show_key(key: Hashable) -> str:
     return repr(key) if isinstance(key, str) else str(key)
 
 
+@functools.lru_cache(maxsize=None)
+def _field_set(fields: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(fields)
+
+
 class Obj:
     """A mapping at `path`. Fatal problems raise Invalid; problems that do not stop
     parsing the rest of the object (unknown fields, one bad list item, duplicates)
@@ -86,7 +93,9 @@ class Obj:
         self.path = path
         self.errors = errors
         if fields is not None:
-            self._reject_unknown(frozenset(fields))
+            known = fields if type(fields) is frozenset else _field_set(tuple(fields))
+            if not self.data.keys() <= known:
+                self._reject_unknown(known)
 
     def _reject_unknown(self, known: frozenset[str]) -> None:
         for key in self.data:
@@ -116,8 +125,15 @@ class Obj:
             if required:
                 raise Invalid(self.at(key), "required field is missing")
             return default
-        check_type(self.at(key), value, typ)
-        return _convert(self.at(key), value, parse)
+        # The common case inline (no path built): loading 100k objects calls this millions of times.
+        if type(value) is not typ:
+            check_type(self.at(key), value, typ)
+        if parse is None:
+            return value
+        try:
+            return parse(value)
+        except ValueError as e:
+            raise Invalid(self.at(key), str(e)) from None
 
     def obj(self, key: str, fields: Iterable[str] | None = None) -> Obj | None:
         value = self.data.get(key)
@@ -203,7 +219,16 @@ def in_range(lo: int, hi: int) -> Callable[[int], int]:
 port_number = in_range(1, 65535)
 
 
+_BROADCAST4 = ipaddress.IPv4Address("255.255.255.255")
+
+
 def ip_address(value: str) -> IPAddress:
+    try:
+        # inet_pton is ~10x faster than ipaddress' parser and as strict for dotted quads
+        # (no leading zeros, exactly four parts); everything else takes the full parser.
+        return ipaddress.IPv4Address(int.from_bytes(socket.inet_pton(socket.AF_INET, value), "big"))
+    except (OSError, TypeError, ValueError):
+        pass
     try:
         addr = ipaddress.ip_address(value)
     except ValueError:
@@ -217,7 +242,7 @@ def unicast_ip(value: str) -> IPAddress:
     """An address a host can own or a packet can be sent to."""
     addr = ip_address(value)
     for bad, what in (addr.is_unspecified, "unspecified"), (addr.is_multicast, "multicast"), \
-            (addr == ipaddress.IPv4Address("255.255.255.255") if addr.version == 4 else False, "broadcast"):
+            (addr == _BROADCAST4, "broadcast"):
         if bad:
             raise ValueError(f"must be a unicast address, got {what} address {value!r}")
     return addr
@@ -225,6 +250,11 @@ def unicast_ip(value: str) -> IPAddress:
 
 def non_special_ip(value: str) -> IPAddress:
     """An address the Kubernetes API accepts for externalIPs and endpoints."""
+    addr = ip_address(value)
+    if addr.version == 4:   # the same checks as below as integer ranges: this runs per endpoint
+        x = int(addr)
+        if x and x != 0xFFFFFFFF and x >> 28 != 14 and x >> 24 != 127 and x >> 16 != 0xA9FE:
+            return addr
     addr = unicast_ip(value)
     if addr.is_loopback or addr.is_link_local:
         raise ValueError(f"must not be a loopback or link-local address, got {value!r}")

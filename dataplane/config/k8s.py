@@ -305,6 +305,8 @@ class EndpointSlice:
 ENDPOINTSLICE_FIELDS = ("apiVersion", "kind", "metadata", "addressType", "endpoints", "ports")
 ENDPOINT_FIELDS = ("addresses", "conditions", "hostname", "targetRef", "deprecatedTopology", "nodeName", "zone", "hints")
 OBJECT_REFERENCE_FIELDS = ("kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")
+_ENDPOINT_KEYS, _REFERENCE_KEYS = frozenset(ENDPOINT_FIELDS), frozenset(OBJECT_REFERENCE_FIELDS)
+_CONDITION_KEYS = frozenset(("ready", "serving", "terminating"))
 
 
 def parse_endpoint_slice(o: Obj) -> EndpointSlice:
@@ -318,6 +320,31 @@ def parse_endpoint_slice(o: Obj) -> EndpointSlice:
         if _family(ip) != address_type:
             raise ValueError(f"must be an {address_type} address (addressType), got {value!r}")
         return ip
+
+    def fast_endpoint(e) -> Endpoint | None:
+        """The usual shape of an endpoint without the per-field machinery (it dominates loading
+        100k Services); None sends anything unusual down the checked path, which reports it."""
+        if type(e) is not dict or not e.keys() <= _ENDPOINT_KEYS or e.get("hints") is not None \
+                or e.get("deprecatedTopology") is not None:
+            return None
+        addrs, cond, ref = e.get("addresses"), e.get("conditions") or {}, e.get("targetRef")
+        node, hostname, zone = e.get("nodeName"), e.get("hostname"), e.get("zone")
+        if (type(addrs) is not list or not 1 <= len(addrs) <= 100 or type(cond) is not dict
+                or not cond.keys() <= _CONDITION_KEYS or any(v is not None and type(v) is not bool for v in cond.values())
+                or (ref is not None and (type(ref) is not dict or not ref.keys() <= _REFERENCE_KEYS))
+                or any(v is not None and type(v) is not str for v in (node, hostname, zone))):
+            return None
+        try:
+            parsed = tuple(address(a) for a in addrs)
+            node = None if node is None else dns_subdomain(node)
+            hostname = None if hostname is None else dns_label(hostname)
+        except (ValueError, TypeError):
+            return None
+        ready = cond.get("ready")
+        ready = True if ready is None else ready
+        serving = cond.get("serving")
+        return Endpoint(parsed, ready, ready if serving is None else serving, cond.get("terminating") or False,
+                        hostname, node, zone)
 
     def endpoint(e: Obj) -> Endpoint:
         addresses = e.scalars("addresses", str, address)
@@ -339,7 +366,12 @@ def parse_endpoint_slice(o: Obj) -> EndpointSlice:
                             p.get("protocol", str, "TCP", parse=one_of(*PROTOCOLS)),
                             p.get("port", int, parse=port_number), p.get("appProtocol", str))
 
-    endpoints = o.objects("endpoints", ENDPOINT_FIELDS, endpoint)
+    raw = o.get("endpoints", list, [])
+    fast = [fast_endpoint(e) for e in raw]
+    if None in fast:
+        endpoints = o.objects("endpoints", ENDPOINT_FIELDS, endpoint)
+    else:
+        endpoints = tuple(fast)
     if len(o.get("endpoints", list, [])) > 1000:
         raise Invalid(o.at("endpoints"), "at most 1000 endpoints per slice")
     ports = o.objects("ports", ("name", "protocol", "port", "appProtocol"), port, unique={"name": lambda p: p.name})
@@ -516,6 +548,9 @@ CONNTRACK_FIELDS = ("maxPerCore", "min", "tcpEstablishedTimeout", "tcpCloseWaitT
 CLIENT_CONNECTION_FIELDS = ("kubeconfig", "acceptContentTypes", "contentType", "qps", "burst")
 LOGGING_FIELDS = ("format", "flushFrequency", "verbosity", "vmodule", "options")
 _INT32 = in_range(0, 2**31 - 1)
+# kube-proxy takes any int32, but our flow table is preallocated and holds at most 2**30
+# entries (dataplane.conntrack.MAX_CAPACITY): say so here, not as a MemoryError at start.
+_CT_ENTRIES = in_range(0, 2**30)
 
 
 def append_port_if_needed(address: str, port: int) -> str:
@@ -623,8 +658,8 @@ def parse_kube_proxy(o: Obj) -> KubeProxyConfig:
         return c.get(key, str, default, parse=_non_negative_duration)
 
     conntrack = Conntrack(
-        c.get("maxPerCore", int, dc.max_per_core, parse=_INT32),
-        c.get("min", int, dc.min, parse=_INT32),
+        c.get("maxPerCore", int, dc.max_per_core, parse=_CT_ENTRIES),
+        c.get("min", int, dc.min, parse=_CT_ENTRIES),
         duration("tcpEstablishedTimeout", dc.tcp_established_timeout),
         duration("tcpCloseWaitTimeout", dc.tcp_close_wait_timeout),
         c.get("tcpBeLiberal", bool, False),

@@ -37,7 +37,11 @@
                                       /* multicast, class E, ...) */    \
   _(SPOOFED_SRC, "spoofed_src")       /* a source of ours (node IP, a */ \
                                       /* local pod) from outside */     \
-  _(RPF, "rpf")                       /* pod port: not the pod's address*/
+  _(RPF, "rpf")                       /* pod port: not the pod's address*/\
+  _(SVC_NO_PORT, "svc_no_port")       /* ClusterIP, port it does not     \
+                                         serve: rejected (ICMP unreach.) */\
+  _(SVC_UNALLOCATED, "svc_unallocated") /* in a ServiceCIDR, no Service  \
+                                           has the address */
 
 typedef enum {
 #define _(sym, str) DROP_##sym,

@@ -341,7 +341,8 @@ def test_kube_proxy_defaults_and_primary():
      "clusterCIDR: at most one IPv4 and one IPv6 CIDR"),
     ("nodePortAddresses: [192.168.0.0/24]", "nodePortAddresses: [primary, 10.0.0.0/8]",
      "nodePortAddresses: \"primary\" must be the only entry"),
-    ("maxPerCore: 65536", "maxPerCore: -1", "conntrack.maxPerCore: must be 0-2147483647, got -1"),
+    ("maxPerCore: 65536", "maxPerCore: -1", "conntrack.maxPerCore: must be 0-1073741824, got -1"),
+    ("min: 0", "min: 2147483647", "conntrack.min: must be 0-1073741824, got 2147483647"),
     ("masqueradeAll: true", "masqueradeAll: 1", "iptables.masqueradeAll: must be a boolean, got integer 1"),
 ])
 def test_kube_proxy_validation(old, new, expected):

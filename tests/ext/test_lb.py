@@ -308,3 +308,38 @@ def test_nat_outgoing():
     assert not t.nat_outgoing_of(POD, "192.168.0.20")        # the node network
     assert not t.nat_outgoing_of(OUTSIDE, "8.8.8.8")         # not from a pod
     assert t.nat_outgoing_of("fd10::5", "2001:db8::1")
+
+
+# ---- cluster-ips-check and the local traffic detector ----
+
+def test_check_service_ip():
+    t = table(service_cidrs=["10.96.0.0/16"])
+    service(t)
+    assert t.check(VIP, 81, "TCP") == "NO_PORT" and t.check(VIP, 80, "UDP") == "NO_PORT"
+    assert t.check(EXT_IP, 81, "TCP") == "NONE" and t.check(NODE, 1, "TCP") == "NONE"
+    assert t.check("10.96.9.9", 80, "TCP") == "UNALLOCATED"
+    t.set_service("other", [(VIP, 443, "TCP", 0, ())], BACKENDS)     # one ClusterIP, two ports
+    t.remove_service("svc")
+    assert t.check(VIP, 81, "TCP") == "NO_PORT"
+    t.remove_service("other")
+    assert t.check(VIP, 81, "TCP") == "UNALLOCATED"
+    t.set_service_cidrs([])
+    assert t.check(VIP, 81, "TCP") == "NONE"
+
+
+def test_local_detector_by_cidr_and_by_port():
+    t = table(local_cidrs=["10.244.1.0/24"])        # NodeCIDR: this node's pods only
+    service(t)
+    assert not t.select(VIP, 80, "TCP", "10.244.1.9")[3] and t.select(VIP, 80, "TCP", POD)[3]
+    assert t.nat_outgoing_of(POD, "8.8.8.8")        # NAT outgoing keeps the cluster CIDRs
+    t.set_local_cidrs(["10.244.9.0/24"])
+    assert t.select(VIP, 80, "TCP", "10.244.1.9")[3] and not t.select(VIP, 80, "TCP", POD)[3]
+    t = table(local_ports=[False, True])
+    service(t)
+    assert t.select(VIP, 80, "TCP", OUTSIDE, port_in=0)[3] and not t.select(VIP, 80, "TCP", OUTSIDE, port_in=1)[3]
+    assert t.select(VIP, 80, "TCP", POD, port_in=7)[3]   # an unknown port is not local
+    with pytest.raises(ValueError):
+        t.set_local_cidrs([POD_CIDR])
+    t = table(local_cidrs=[])                        # no detector: no off-cluster masquerade
+    service(t)
+    assert not t.select(VIP, 80, "TCP", OUTSIDE)[3]
