@@ -522,6 +522,11 @@ class Proxier:
             out.append({"namespace": namespace, "name": name, "frontends": frontends})
         return out
 
+    def frontends_of(self, port_key) -> tuple:
+        """The installed frontends (address, port, protocol, flags, ranges) of one Service port."""
+        state = self._installed.get(port_key[:2], {}).get(port_key)
+        return state.frontends if state else ()
+
     def service_ids(self, namespace: str, name: str) -> set[int]:
         """Table service ids (as conntrack entries carry them) of one Service's ports."""
         return {self.lb.service_key_id(k) for k in self._installed.get((namespace, name), {}) if k in self.lb}

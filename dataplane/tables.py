@@ -144,6 +144,7 @@ class NodeDataplane:
         with pause():
             self.ctnat.set_lb(self.proxier.lb)
             result.flushed += self._flush_stale(result.stale_endpoints)
+            result.flushed += self._flush_newly_active(result.newly_active)
             self._announce(wanted)
         del old   # the old generation is freed here, after the pipeline let go of it
         return result
@@ -165,6 +166,15 @@ class NodeDataplane:
             proto = FLUSHED_PROTOCOLS.get(protocol)
             if proto is not None:
                 flushed += self.conntrack.flush(ip, port, proto) or 0
+        return flushed
+
+    def _flush_newly_active(self, port_keys) -> int:
+        """UDP Service ports that got their first endpoints: entries towards their frontends,
+        made while they had none, would keep bypassing the DNAT (kube-proxy flushes them too)."""
+        flushed = 0
+        for port_key in port_keys:
+            for addr, port, *_ in self.proxier.frontends_of(port_key):
+                flushed += self.conntrack.flush_destination(str(addr), port, 17) or 0
         return flushed
 
     def _announce(self, wanted: set) -> None:

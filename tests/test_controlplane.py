@@ -161,3 +161,19 @@ def test_one_config_directory_for_every_node(tmp_path):
     import pytest
     with pytest.raises(ValueError, match="nodeName 'node-3'"):
         _node_config(load(tmp_path, strict=False), "node-3", tmp_path)
+
+
+def test_a_full_sync_flushes_udp_entries_of_services_that_got_endpoints():
+    """Entries made towards a UDP ClusterIP while it had no endpoints are flushed by a full sync
+    too, which builds its table without touching conntrack and flushes while parked."""
+    node = NodeDataplane(loads(NODE))
+    from dataplane.config.loader import Config
+    base = dict(dataplane=node.dp, services=(svc(0),))
+    node.apply(Config(**base))
+    ct = node.conntrack
+    orig = {"src": "10.244.7.7", "dst": "10.96.0.1", "sport": 5555, "dport": 53, "proto": 17}
+    reply = {"src": "10.96.0.1", "dst": "192.168.0.2", "sport": 53, "dport": 5555, "proto": 17}
+    assert ct.create(orig, reply) >= 0
+    pause = CountingPause()
+    result = node.apply(Config(**base, endpoint_slices=(eps(0),)), pause)
+    assert result.flushed == 1 and len(ct) == 0 and pause.pauses == 1
