@@ -166,6 +166,7 @@ class Worker:
         """Start everything and serve until stop() (SIGINT/SIGTERM); returns on shutdown."""
         self.start()
         try:
+            self._housekeeping()    # the stats file exists as soon as the node forwards
             while not self.stop_event.wait(STATS_INTERVAL_S):
                 self._housekeeping()
         finally:
