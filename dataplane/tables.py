@@ -109,7 +109,13 @@ class NodeDataplane:
         self.port_names = [p.name for p in dp.ports]
         size, timeouts = conntrack_settings(dp, config.kube_proxy)
         liberal = (config.kube_proxy or KubeProxyConfig()).conntrack.tcp_be_liberal
-        self.conntrack = Conntrack(size, timeouts, tcp_be_liberal=liberal)
+        try:
+            self.conntrack = Conntrack(size, timeouts, tcp_be_liberal=liberal)
+        except MemoryError:
+            field = ("DataplaneConfiguration conntrackSize" if dp.conntrack_size is not None
+                     else "KubeProxyConfiguration conntrack.min / conntrack.maxPerCore")
+            raise ValueError(f"a conntrack table of {size:,} entries does not fit in this machine's "
+                             f"memory ({field})") from None
         self.proxier = Proxier.from_config(
             config, conntrack=self.conntrack, algorithm=dp.service_load_balancing,
             non_masquerade_cidrs=dp.non_masquerade_cidrs)

@@ -450,7 +450,7 @@ def test_cluster_ips_check_with_service_cidrs():
     port, drop an address of a ServiceCIDR that no Service has, leave other traffic alone."""
     node = Node(CLUSTER + SERVICE_CIDR)
     (rec, frame), = node.send(IP(src="10.244.0.11", dst="10.96.0.10") / TCP(sport=4444, dport=81, flags="S"))
-    assert (rec["verdict"], rec["reason"], rec["port"]) == ("reject", "svc_no_port", "eth0")
+    assert (rec["verdict"], rec["reason"], rec["port"]) == ("reject", "svc_no_port", "cni0")   # back where it came from
     assert frame[ICMP].type == 3 and frame[ICMP].code == 3 and frame[IP].src == "10.96.0.10"
     for dst in ("10.96.0.111", "fd00:96::99"):
         (rec, _), = node.send(ip("10.244.0.11" if ":" not in dst else "fd00:244::11", dst) / TCP(sport=4444, dport=80))
