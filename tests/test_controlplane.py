@@ -177,3 +177,10 @@ def test_a_full_sync_flushes_udp_entries_of_services_that_got_endpoints():
     pause = CountingPause()
     result = node.apply(Config(**base, endpoint_slices=(eps(0),)), pause)
     assert result.flushed == 1 and len(ct) == 0 and pause.pauses == 1
+
+
+def test_a_conntrack_table_too_big_for_memory_is_a_config_error_naming_the_field():
+    import pytest
+    huge = NODE + "conntrackSize: 1073741824\n"
+    with pytest.raises(ValueError, match="conntrackSize"):
+        NodeDataplane(loads(huge))
