@@ -34,6 +34,10 @@ from dataplane.parse cimport tuple_hash
 
 __all__ = ["CtNat"]
 
+cdef extern from *:
+    """#define ctnat_prefetch(p) __builtin_prefetch((p), 1, 3)"""
+    void ctnat_prefetch(const void *p) noexcept nogil
+
 cdef enum:
     IPPROTO_ICMP = 1
     IPPROTO_TCP = 6
@@ -45,6 +49,7 @@ cdef enum:
     SNAT_PORT_MAX = 65535
     SNAT_ATTEMPTS = 128       # bounded retries on collision, then nat_exhausted (Cilium: 128)
     SWEEP_BUDGET = 64         # entries examined per burst by the incremental expiry
+    WIN_PREFETCH = 4          # packets between the window prefetch and its update
 
 
 cdef class CtNat:
@@ -116,6 +121,10 @@ cdef class CtNat:
                 self.ct.ct_lookup_bulk(keyp, hashes, hits, dirs, n)
                 dirty = False
                 for k in range(n):
+                    # The TCP window (the entry's third line) is read by the update: ask for it
+                    # a few packets ahead.
+                    if k + WIN_PREFETCH < n and hits[k + WIN_PREFETCH] >= 0:
+                        ctnat_prefetch(&self.ct.ent[hits[k + WIN_PREFETCH]].win)
                     if dirty:  # a create/delete earlier in this burst may have changed the answer
                         hits[k] = self.ct.ct_lookup(keyp[k], hashes[k], &dirs[k])
                     dirty |= self.one(b, idx[k], &keys[k], hashes[k], hits[k], dirs[k], now_ns,

@@ -343,3 +343,18 @@ def test_good_sources_pass(src, port):
     l3 = IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst)
     rec, _ = node.one(l3 / UDP(sport=1234, dport=53), port=port)
     assert rec["reason"] not in ("martian_src", "spoofed_src", "rpf", "bad_csum"), rec
+
+
+@pytest.mark.parametrize("sack_ok,verdict", [(True, "drop"), (False, "forward")])
+def test_sack_blocks_count_only_when_both_sides_permitted_them(sack_ok, verdict):
+    """tcp_sack(): with SACK permitted, a SACK edge beyond anything sent is an ACK over the
+    upper bound (invalid); without it the option is not looked at."""
+    node = Node()
+    opts = [("SAckOK", b"")] if sack_ok else []
+    assert c2s(node, "S", 1000, options=opts)[0]["verdict"] == "forward"
+    assert s2c(node, "SA", 5000, 1001, options=opts)[0]["verdict"] == "forward"
+    assert c2s(node, "A", 1001, 5001)[0]["verdict"] == "forward"
+    assert c2s(node, "PA", 1001, 5001, b"x" * 100)[0]["verdict"] == "forward"
+    assert s2c(node, "A", 5001, 1051, options=[("SAck", (1061, 1101))])[0]["verdict"] == "forward"
+    rec, _ = s2c(node, "A", 5001, 1051, options=[("SAck", (1061, 900_000))])
+    assert rec["verdict"] == verdict

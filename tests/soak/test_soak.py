@@ -88,6 +88,7 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
+@pytest.mark.timeout(SECONDS + 600)
 def test_soak(lab_name, tmp_path):
     state = up(LabSpec(name=lab_name))
     start_servers(state)
