@@ -527,6 +527,10 @@ class Proxier:
         state = self._installed.get(port_key[:2], {}).get(port_key)
         return state.frontends if state else ()
 
+    def service_names(self) -> dict[int, str]:
+        """Table service id -> "namespace/name:port" (conntrack entries and counters carry ids)."""
+        return {self.lb.service_key_id(k): f"{k[0]}/{k[1]}:{k[2] or k[3]}" for k in self.lb.keys()}
+
     def service_ids(self, namespace: str, name: str) -> set[int]:
         """Table service ids (as conntrack entries carry them) of one Service's ports."""
         return {self.lb.service_key_id(k) for k in self._installed.get((namespace, name), {}) if k in self.lb}

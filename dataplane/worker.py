@@ -98,6 +98,7 @@ class Worker:
         self.health = None
         self.service_health = None
         self.dns = None
+        self._nat_exhausted: dict[str, int] = {}   # Service -> nat_exhausted drops reported
         self.control = None
         self.sources = []
         self.cp: ControlPlane | None = None
@@ -237,12 +238,24 @@ class Worker:
     # ---- periodic ----
 
     def _housekeeping(self) -> None:
+        self._report_nat_exhaustion()
         for index in self.engine.dead_ports():
             name = self.node.port_names[index]
             if name not in self.stats.port_errors:
                 log.warning("port %s: interface went away; dropped", name)
                 self.stats.port_errors.append(name)
         self._write_stats()
+
+    def _report_nat_exhaustion(self) -> None:
+        """New connections refused for lack of a free SNAT port: a metric per Service, and a
+        warning naming the Service each time its count grows."""
+        counts = self.node.ctnat.nat_exhausted()
+        if not counts:
+            return
+        for name, grew in nat_exhaustion_growth(counts, self.node.proxier.service_names(), self._nat_exhausted):
+            log.warning("SNAT ports exhausted for %s: %d more new connections dropped", name, grew)
+            if self.metrics is not None:
+                self.metrics.nat_exhausted.labels(service=name).inc(grew)
 
     def _write_stats(self) -> None:
         """Atomically replace the stats file (mode 0600, never through a symlink), so a reader
@@ -261,10 +274,14 @@ class Worker:
         if path is None or not path.exists():
             return 0
         try:
-            return self.node.conntrack.restore(str(path), time.time_ns())
-        except (ValueError, OSError) as exc:
+            loaded = self.node.conntrack.restore(str(path), time.time_ns())
+        except (ValueError, OSError) as exc:   # StateFileError: foreign, truncated, corrupted
             log.warning("conntrack state %s not restored: %s", path, exc)
             return 0
+        report = getattr(self.node.conntrack, "restore_report", {})
+        log.info("conntrack state %s: %d connections restored (%s)", path, loaded,
+                 ", ".join(f"{k} {v}" for k, v in report.items() if k != "loaded") or "none skipped")
+        return loaded
 
     def save_conntrack(self) -> None:
         if self.options.conntrack_file is not None:
@@ -301,6 +318,20 @@ class Worker:
             for v in problems.values():
                 out.extend(v if isinstance(v, list) else [v])
         return out[-100:]
+
+
+def nat_exhaustion_growth(counts: dict, names: dict, seen: dict) -> list[tuple[str, int]]:
+    """(Service, new drops) since the last call, from CtNat.nat_exhausted() counts by service id
+    (0: pod traffic leaving the cluster, None: Services beyond the counted ones); `seen` is kept
+    by the caller between calls."""
+    out = []
+    for svc_id, count in counts.items():
+        name = ("pod traffic leaving the cluster" if svc_id == 0 else "other Services" if svc_id is None
+                else names.get(svc_id, f"service id {svc_id}"))
+        if count > seen.get(name, 0):
+            out.append((name, count - seen.get(name, 0)))
+            seen[name] = count
+    return out
 
 
 def write_private(path: Path, data: bytes) -> None:

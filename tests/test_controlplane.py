@@ -184,3 +184,21 @@ def test_a_conntrack_table_too_big_for_memory_is_a_config_error_naming_the_field
     huge = NODE + "conntrackSize: 1073741824\n"
     with pytest.raises(ValueError, match="conntrackSize"):
         NodeDataplane(loads(huge))
+
+
+def test_nat_exhaustion_is_reported_per_service_once_per_growth():
+    from dataplane.worker import nat_exhaustion_growth
+    seen = {}
+    names = {7: "default/web:http"}
+    assert nat_exhaustion_growth({7: 3, 0: 1}, names, seen) == [("default/web:http", 3),
+                                                                  ("pod traffic leaving the cluster", 1)]
+    assert nat_exhaustion_growth({7: 3, 0: 1}, names, seen) == []
+    assert nat_exhaustion_growth({7: 5, None: 2}, names, seen) == [("default/web:http", 2), ("other Services", 2)]
+
+
+def test_service_names_by_table_id():
+    node = NodeDataplane(loads(NODE))
+    from dataplane.config.loader import Config
+    node.apply(Config(dataplane=node.dp, services=(svc(0),), endpoint_slices=(eps(0),)))
+    names = node.proxier.service_names()
+    assert list(names.values()) == ["default/s0:UDP"]
