@@ -12,12 +12,19 @@ thread (kube-proxy's proxier SyncRunner, without the rule programs).
   is dropped) and a partial sync, done with the forwarding thread parked between two bursts.
   A batch touching many Services (a relist after an outage) is a full sync instead: the new
   generation is built while forwarding goes on, and only the swap is done parked.
-- A full sync also runs every `sync_period` seconds; `min_sync_period` (when configured) spaces
-  syncs out. Health (kube-proxy's /healthz) is told when updates are queued and when applied.
+- kube-proxy also resyncs everything every syncPeriod, to repair rules something else changed;
+  nothing but this process writes our tables, so full syncs run only at start, after a failed
+  sync, on request (SIGHUP) and for very large batches. `min_sync_period` (when configured)
+  spaces syncs out; syncPeriod still sets the health timeout.
+- A pause must stay as short as the table edits: while it is held, garbage collection is off,
+  and other control-plane threads wait (CONTROL_LOCK) before their long C calls (decoding a big
+  list response), which would otherwise keep the GIL from the sync thread with the forwarding
+  thread parked. Health (kube-proxy's /healthz) is told when updates are queued and when applied.
 """
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import queue
 import threading
@@ -31,6 +38,10 @@ __all__ = ["ControlPlane"]
 
 log = logging.getLogger("dataplane.sync")
 
+# Held by the sync thread for the length of a pause; other control-plane threads take it around
+# long C calls that hold the GIL (json.loads of a list response), so none runs while forwarding
+# is parked.
+CONTROL_LOCK = threading.RLock()
 FULL_SYNC_THRESHOLD = 2048  # Services touched by one batch beyond which a rebuild is cheaper
 PAUSE_CHUNK = 32            # Services applied per pause in a partial sync (each pause stays short)
 MAX_BATCH = 8192            # events taken from the queue at once
@@ -38,13 +49,12 @@ MAX_BATCH = 8192            # events taken from the queue at once
 
 class ControlPlane:
     def __init__(self, node, pause: Callable = contextlib.nullcontext, *, metrics=None, health=None,
-                 sync_period: float = 30.0, min_sync_period: float = 0.0, kube_proxy=None, on_synced=None,
+                 min_sync_period: float = 0.0, kube_proxy=None, on_synced=None,
                  dns=None):
         self.node = node
-        self.pause = pause
+        self.pause = _guarded(pause)
         self.metrics = metrics
         self.health = health
-        self.sync_period = sync_period
         self.min_sync_period = min_sync_period
         self.kube_proxy = kube_proxy
         self.on_synced = on_synced             # called (sync thread) after every successful sync
@@ -93,11 +103,9 @@ class ControlPlane:
     # ---- the loop ----
 
     def _run(self) -> None:
-        next_full = None
         initial: list[ObjectEvent] = []
         while not self._stop.is_set():
-            timeout = 0.5 if next_full is None else min(0.5, max(0.0, next_full - time.monotonic()))
-            events = self._next_batch(timeout)
+            events = self._next_batch(0.5)
             if self._stop.is_set():
                 break
             if not self.synced.is_set():
@@ -107,14 +115,11 @@ class ControlPlane:
                     self._sync(full=True, events=initial)
                     initial = []
                     self.synced.set()
-                    next_full = time.monotonic() + self.sync_period
                 continue
-            due = next_full is not None and time.monotonic() >= next_full
-            if due or self._full_requested or len(_touched(events)) > FULL_SYNC_THRESHOLD:
+            if self._full_requested or len(_touched(events)) > FULL_SYNC_THRESHOLD:
                 self._full_requested = False
                 self._record(events)
                 self._sync(full=True, events=events)
-                next_full = time.monotonic() + self.sync_period
             elif events:
                 # Small steps, each with its own short pause, rather than one long one.
                 for chunk in _chunks(events, PAUSE_CHUNK):
@@ -203,6 +208,10 @@ class ControlPlane:
             return
         visible = time.monotonic_ns()
         elapsed = time.monotonic() - start
+        if full:
+            # The objects a full sync leaves behind live long: keep them out of the collector's
+            # scans, so that a collection stays short.
+            gc.freeze()
         self.syncs["full" if full else "partial"] += 1
         self.last_sync_s = time.time()
         for msg in result.errors:
@@ -262,6 +271,22 @@ class ControlPlane:
             log.warning("%s", message)
         self.warnings.append(message)
         del self.warnings[:-100]
+
+
+def _guarded(pause):
+    """`pause` with garbage collection off and CONTROL_LOCK held for its duration."""
+    @contextlib.contextmanager
+    def paused():
+        with CONTROL_LOCK:
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                with pause():
+                    yield
+            finally:
+                if collecting:
+                    gc.enable()
+    return paused
 
 
 def _service_of(e: ObjectEvent):

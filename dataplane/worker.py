@@ -140,7 +140,6 @@ class Worker:
             self.dns = NodeDns(dp.dns, self.node_name, dp.node_ips)
             self.dns.start()
         self.cp = ControlPlane(self.node, self.engine.paused, metrics=self.metrics, health=self.health,
-                               sync_period=_kp(kp, "sync_period", 30.0),
                                min_sync_period=_kp(kp, "min_sync_period", None) or 0.0, kube_proxy=kp,
                                on_synced=self._after_sync, dns=self.dns)
         self._start_servers()

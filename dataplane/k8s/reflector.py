@@ -23,6 +23,8 @@ import threading
 from dataclasses import dataclass
 from typing import Protocol
 
+from dataplane.controlplane import CONTROL_LOCK
+
 __all__ = ["Gone", "Reflector", "Resource", "StoreSink"]
 
 log = logging.getLogger("dataplane.k8s")
@@ -178,7 +180,8 @@ class Reflector:
             data = response.data
         finally:
             response.release_conn()
-        body = json.loads(data)
+        with CONTROL_LOCK:   # one long C call holding the GIL: never while forwarding is parked
+            body = json.loads(data)
         if response.status == 410:
             raise Gone()
         if response.status >= 400 and body.get("kind") != "Status":
