@@ -26,6 +26,8 @@ import threading
 import time
 from pathlib import Path
 
+from dataplane.controlplane import CONTROL_LOCK
+
 __all__ = ["ControlServer", "ControlError", "request", "stream", "DEFAULT_SOCKET", "conntrack_filter"]
 
 log = logging.getLogger("dataplane.control")
@@ -99,7 +101,11 @@ class _Handler(socketserver.StreamRequestHandler):
                 if cmd == "stats" and req.get("watch"):
                     self._watch_stats(float(req.get("interval", 1.0)))
                     return
-                result = _COMMANDS.get(cmd, _unknown)(self.worker, req)
+                if cmd in _STEPPED:    # long walks take the lock step by step themselves
+                    result = _STEPPED[cmd](self.worker, req)
+                else:
+                    with CONTROL_LOCK:   # a consistent view of the proxier, never during a pause
+                        result = _COMMANDS.get(cmd, _unknown)(self.worker, req)
                 self._send({"ok": True, "result": result})
             except (ControlError, ValueError, TypeError, KeyError) as exc:
                 self._send({"ok": False, "error": str(exc)})
@@ -113,7 +119,9 @@ class _Handler(socketserver.StreamRequestHandler):
     def _watch_stats(self, interval: float) -> None:
         try:
             while True:
-                self._send({"ok": True, "result": _stats(self.worker, {})})
+                with CONTROL_LOCK:
+                    stats = _stats(self.worker, {})
+                self._send({"ok": True, "result": stats})
                 time.sleep(max(0.1, interval))
         except (BrokenPipeError, ConnectionResetError):
             return
@@ -188,13 +196,13 @@ def _walk_conntrack(worker, step) -> None:
     ct, pause = worker.node.conntrack, worker.engine.paused
     start = 0
     while start is not None:
-        with pause():
+        with CONTROL_LOCK, pause():
             entries, start = ct.entries_range(start, CT_STEP)
             step(ct, entries)
 
 
-_COMMANDS = {"services": _services, "stats": _stats, "status": _status,
-             "conntrack.list": _conntrack_list, "conntrack.flush": _conntrack_flush}
+_COMMANDS = {"services": _services, "stats": _stats, "status": _status}
+_STEPPED = {"conntrack.list": _conntrack_list, "conntrack.flush": _conntrack_flush}
 
 
 # ---- views ----
@@ -215,7 +223,8 @@ def conntrack_filter(f: dict, worker=None):
         ns, _, name = str(f["service"]).partition("/")
         if not name:
             raise ControlError("service must be namespace/name")
-        ids = worker.node.proxier.service_ids(ns, name)
+        with CONTROL_LOCK:
+            ids = worker.node.proxier.service_ids(ns, name)
 
     def match(e: dict) -> bool:
         o = e["orig"]

@@ -34,7 +34,7 @@ from typing import Callable
 from dataplane.config.loader import Config
 from dataplane.events import ObjectEvent
 
-__all__ = ["ControlPlane"]
+__all__ = ["CONTROL_LOCK", "ControlPlane", "in_steps"]
 
 log = logging.getLogger("dataplane.sync")
 
@@ -271,6 +271,15 @@ class ControlPlane:
             log.warning("%s", message)
         self.warnings.append(message)
         del self.warnings[:-100]
+
+
+def in_steps(items, step: int = 200):
+    """Iterate `items` holding CONTROL_LOCK for `step` of them at a time: a long Python loop on
+    another thread (parsing a relist) would otherwise share the GIL with a sync thread whose
+    pause is held, and stretch the pause."""
+    for start in range(0, len(items), step):
+        with CONTROL_LOCK:
+            yield from items[start:start + step]
 
 
 def _guarded(pause):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from dataplane.config.loader import KINDS, SUFFIXES, loads
+from dataplane.controlplane import CONTROL_LOCK
 from dataplane.events import ObjectEvent, ObjectStore, key_of
 
 __all__ = ["FileSource"]
@@ -127,7 +128,8 @@ class FileSource:
             self._report(name, [f"cannot read: {getattr(exc, 'strerror', None) or exc}"])
             return False
         self.reads += 1
-        config = loads(text, source=name, strict=False)
+        with CONTROL_LOCK:   # YAML / JSON decoding: long C calls holding the GIL
+            config = loads(text, source=name, strict=False)
         problems = [str(p) for p in config.problems]
         previous = self._objects.get(name, {})
         objects: dict[str, dict] = {}

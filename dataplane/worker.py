@@ -30,7 +30,7 @@ import yaml
 from dataplane.burst import COUNTERS, DROP_REASONS
 from dataplane.config import load
 from dataplane.config.loader import Config
-from dataplane.controlplane import ControlPlane
+from dataplane.controlplane import CONTROL_LOCK, ControlPlane
 from dataplane.engine import Engine
 from dataplane.io import open_port
 from dataplane.tables import NodeDataplane
@@ -251,7 +251,9 @@ class Worker:
         counts = self.node.ctnat.nat_exhausted()
         if not counts:
             return
-        for name, grew in nat_exhaustion_growth(counts, self.node.proxier.service_names(), self._nat_exhausted):
+        with CONTROL_LOCK:
+            names = self.node.proxier.service_names()
+        for name, grew in nat_exhaustion_growth(counts, names, self._nat_exhausted):
             log.warning("SNAT ports exhausted for %s: %d more new connections dropped", name, grew)
             if self.metrics is not None:
                 self.metrics.nat_exhausted.labels(service=name).inc(grew)

@@ -68,7 +68,8 @@ def node(tmp_path):
         (tmp_path / "conf" / "all.yaml").write_text(CONFIG)
         sock = tmp_path / "run" / "ctl.sock"
         proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "dataplane.cli", "run",
-                                 "--config", str(tmp_path / "conf"), "--control-socket", str(sock), "--json"],
+                                 "--config", str(tmp_path / "conf"), "--control-socket", str(sock), "--json",
+                                 "--conntrack-file", str(tmp_path / "ct.state")],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 20
         while not sock.exists():
@@ -77,7 +78,7 @@ def node(tmp_path):
         with netns(ns):
             raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
         raw.bind(("tap0", 0))
-        yield ns, sock, raw
+        yield ns, sock, raw, proc
         raw.close()
     finally:
         if proc is not None and proc.poll() is None:
@@ -99,12 +100,12 @@ def wait_for(check, timeout=10):
 
 
 def test_socket_is_private(node):
-    _, sock, _ = node
+    _, sock, _, _ = node
     assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
 
 
 def test_services_json(node):
-    _, sock, _ = node
+    _, sock, _, _ = node
     services = json.loads(dp("services", "-o", "json", sock=sock))
     assert services == [{"namespace": "default", "name": "web", "frontends": [
         {"ip": "10.96.0.10", "port": 53, "protocol": "UDP", "portName": "dns", "kind": "ClusterIP",
@@ -113,7 +114,7 @@ def test_services_json(node):
 
 
 def test_conntrack_list_and_flush_with_filters(node):
-    _, sock, raw = node
+    _, sock, raw, _ = node
     for sport in (1001, 1002, 1003):
         client(raw, sport)
     listed = wait_for(lambda: len(request(sock, {"cmd": "conntrack.list"})) == 3 and
@@ -132,7 +133,7 @@ def test_conntrack_list_and_flush_with_filters(node):
 
 
 def test_stats_and_monitor(node):
-    _, sock, raw = node
+    _, sock, raw, _ = node
     mon = subprocess.Popen([sys.executable, "-m", "dataplane.cli", "monitor", "--socket", str(sock), "-o", "json",
                             "-p", "udp", "--ip", "10.244.1.5", "-n", "2"], stdout=subprocess.PIPE, text=True)
     time.sleep(1.0)
@@ -147,10 +148,31 @@ def test_stats_and_monitor(node):
 
 
 def test_unknown_command_and_no_server(node, tmp_path):
-    _, sock, _ = node
+    _, sock, _, _ = node
     from dataplane.control import ControlError
     with pytest.raises(ControlError, match="unknown command"):
         request(sock, {"cmd": "reboot"})
     out = subprocess.run([sys.executable, "-m", "dataplane.cli", "services", "--socket", str(tmp_path / "none")],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "no dataplane answering" in out.stderr
+
+
+def test_sighup_resyncs_and_the_node_keeps_running(node):
+    _, sock, _, proc = node
+    before = request(sock, {"cmd": "stats"})["syncs"]["full"]
+    os.kill(proc.pid, signal.SIGHUP)
+    assert wait_for(lambda: request(sock, {"cmd": "stats"})["syncs"]["full"] == before + 1)
+    assert proc.poll() is None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGQUIT])
+def test_terminating_signals_stop_cleanly_with_counters_and_conntrack_saved(node, tmp_path, sig):
+    _, sock, raw, proc = node
+    client(raw, 3001)
+    assert wait_for(lambda: request(sock, {"cmd": "stats"})["conntrack"] == 1)
+    os.kill(proc.pid, sig)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["conntrack"] == 1
+    state = tmp_path / "ct.state"
+    assert state.exists() and stat.S_IMODE(os.stat(state).st_mode) == 0o600

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Callable
 
 from dataplane.config.loader import KINDS, parse_object
+from dataplane.controlplane import CONTROL_LOCK, in_steps
 from dataplane.events import ObjectEvent, ObjectStore, key_of
 from .reflector import Reflector, Resource
 from .resources import DNS_WATCHED, ENDPOINT_SLICES, NODES, SERVICE_CIDRS, SERVICES, WATCHED
@@ -80,7 +81,7 @@ class ApiSource:
     def replace(self, resource: Resource, items: list[dict], resource_version: str) -> None:
         parsed: dict[str, dict] = {}
         attr_of_resource = None
-        for raw in items:
+        for raw in in_steps(items):
             raw = {"apiVersion": resource.api_version, "kind": resource.kind, **raw}
             attr, obj = self._parse(resource, raw)
             if obj is None:
@@ -104,6 +105,10 @@ class ApiSource:
         self.submit(events)
 
     def event(self, resource: Resource, type_: str, raw: dict) -> None:
+        with CONTROL_LOCK:
+            self._event(resource, type_, raw)
+
+    def _event(self, resource: Resource, type_: str, raw: dict) -> None:
         raw = {"apiVersion": resource.api_version, "kind": resource.kind, **raw}
         if type_ == "DELETED":
             attr = self._attr_of(resource)
