@@ -25,6 +25,7 @@ __all__ = ["NodeDataplane", "build_neighbours", "build_pipeline", "build_router"
            "conntrack_settings", "vtep_ip"]
 
 DEFAULT_CONNTRACK_SIZE = 1 << 20
+FLUSHES_PER_PAUSE = 64
 
 
 def build_router(dp) -> Router:
@@ -149,10 +150,15 @@ class NodeDataplane:
         wanted = _announced(config.services)
         with pause():
             self.ctnat.set_lb(self.proxier.lb)
-            result.flushed += self._flush_stale(result.stale_endpoints)
-            result.flushed += self._flush_newly_active(result.newly_active)
             self._announce(wanted)
         del old   # the old generation is freed here, after the pipeline let go of it
+        # Conntrack flushes (each a walk of the table) in pauses of their own, a few at a time:
+        # a relist can bring thousands of them.
+        stale, active = list(result.stale_endpoints), sorted(result.newly_active)
+        for k in range(0, max(len(stale), len(active)), FLUSHES_PER_PAUSE):
+            with pause():
+                result.flushed += self._flush_stale(stale[k:k + FLUSHES_PER_PAUSE])
+                result.flushed += self._flush_newly_active(active[k:k + FLUSHES_PER_PAUSE])
         return result
 
     def sync(self, pause=contextlib.nullcontext, services=None):
