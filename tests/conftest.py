@@ -25,3 +25,13 @@ def write_config(tmp_path):
         path.write_text(textwrap.dedent(text))
         return path
     return write
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow run only when asked for (`-m slow`)."""
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -11,6 +11,7 @@ import ctypes
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 
 import pytest
@@ -76,3 +77,43 @@ def require_netns() -> None:
         pytest.skip(f"cannot create network namespaces: {e}")
 
 
+
+
+@contextlib.contextmanager
+def tap_node(tmp_path, config_text: str, *args: str, local_ips=()):
+    """`dataplane run` on `config_text` in a fresh namespace, its port a tap `tap0` that the test
+    plays the network through. Yields (namespace, control socket, raw AF_PACKET socket on the
+    tap's kernel side, process); `local_ips` are put on the namespace's loopback (addresses the
+    node's own servers bind)."""
+    import socket
+    import sys
+    import time
+    require_netns()
+    ns = new_netns()
+    proc = None
+    try:
+        quiet_netns(ns)
+        for addr in local_ips:
+            ip("ip", "addr", "add", f"{addr}/32", "dev", "lo", ns=ns)
+        (tmp_path / "conf").mkdir()
+        (tmp_path / "conf" / "all.yaml").write_text(config_text)
+        sock = tmp_path / "run" / "ctl.sock"
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "dataplane.cli", "run",
+                                 "--config", str(tmp_path / "conf"), "--control-socket", str(sock), *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while not sock.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+            time.sleep(0.05)
+        with netns(ns):
+            raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+        raw.bind(("tap0", 0))
+        try:
+            yield ns, sock, raw, proc
+        finally:
+            raw.close()
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=20)
+        del_netns(ns)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 from scapy.all import IP, UDP, Ether
 
 from dataplane.control import request
-from nstools import del_netns, netns, new_netns, quiet_netns, require_netns
+from nstools import tap_node
 
 NODE_MAC, PEER_MAC = "02:00:00:00:00:01", "02:00:00:00:00:fe"
 CONFIG = textwrap.dedent(f"""\
@@ -59,32 +58,8 @@ def dp(*args, sock):
 
 @pytest.fixture
 def node(tmp_path):
-    require_netns()
-    ns = new_netns()
-    proc = None
-    try:
-        quiet_netns(ns)
-        (tmp_path / "conf").mkdir()
-        (tmp_path / "conf" / "all.yaml").write_text(CONFIG)
-        sock = tmp_path / "run" / "ctl.sock"
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "dataplane.cli", "run",
-                                 "--config", str(tmp_path / "conf"), "--control-socket", str(sock), "--json",
-                                 "--conntrack-file", str(tmp_path / "ct.state")],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 20
-        while not sock.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
-            time.sleep(0.05)
-        with netns(ns):
-            raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
-        raw.bind(("tap0", 0))
-        yield ns, sock, raw, proc
-        raw.close()
-    finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.communicate(timeout=20)
-        del_netns(ns)
+    with tap_node(tmp_path, CONFIG, "--json", "--conntrack-file", str(tmp_path / "ct.state")) as running:
+        yield running
 
 
 def client(raw, sport):

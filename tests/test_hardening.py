@@ -8,7 +8,7 @@ import random
 
 import numpy as np
 import pytest
-from scapy.all import ICMP, IP, TCP, UDP, Ether, IPerror, IPv6, TCPerror, UDPerror
+from scapy.all import ICMP, IP, TCP, UDP, Ether, IPerror, IPv6, TCPerror
 
 from dataplane import conntrack as ct
 from dataplane.burst import Burst
@@ -16,33 +16,19 @@ from dataplane.config import loads
 from dataplane.tables import NodeDataplane
 from dataplane.trace import trace_record
 
-NODE_IP, NODE_MAC = "192.168.0.2", "02:00:00:00:00:01"
+from test_service_flows import DATAPLANE, NODE_IP, NODE_MAC
+
 POD, BACKEND, VIP = "10.244.0.11", "10.244.1.20", "10.96.0.10"
 S = 1_000_000_000
 
-CONFIG = f"""
-apiVersion: dataplane/v1alpha1
-kind: DataplaneConfiguration
-nodeName: node-a
-nodeIPs: [{NODE_IP}, "fd00::2"]
-clusterCIDRs: [10.244.0.0/16, "fd00:244::/48"]
-ports:
-  - {{name: eth0, mac: "{NODE_MAC}"}}
-  - {{name: cni0, mac: "02:00:00:00:00:02"}}
-routes:
-  - {{prefix: 0.0.0.0/0, port: eth0, via: 192.168.0.1, mac: "02:00:00:00:00:fe"}}
-  - {{prefix: "::/0", port: eth0, via: "fd00::1", mac: "02:00:00:00:00:fe"}}
-  - {{prefix: 192.168.0.0/24, port: eth0, mac: "02:00:00:00:00:99"}}
-  - {{prefix: 10.244.1.0/24, port: eth0, via: 192.168.0.3, mac: "02:00:00:00:01:01"}}
-  - {{prefix: 10.244.0.0/24, port: cni0, mac: "0a:58:0a:f4:00:01"}}
-  - {{prefix: "fd00:244::/64", port: cni0, mac: "0a:58:0a:f4:00:01"}}
----
+# The packet-flow table's node (tests/test_service_flows.py), with its own conntrack mode.
+CONFIG = DATAPLANE.split("---\napiVersion: kubeproxy")[0] + """---
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 hostnameOverride: node-a
 clusterCIDR: 10.244.0.0/16
-conntrack: {{tcpBeLiberal: LIBERAL}}
----
+conntrack: {tcpBeLiberal: LIBERAL}
+""" + f"""---
 apiVersion: v1
 kind: Service
 metadata: {{name: web, namespace: default}}

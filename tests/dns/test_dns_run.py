@@ -2,11 +2,7 @@
 from the burst, the cluster DNS Service's endpoint replaced by the node's own server."""
 from __future__ import annotations
 
-import json
-import signal
 import socket
-import subprocess
-import sys
 import textwrap
 import time
 
@@ -16,7 +12,7 @@ import pytest
 from scapy.all import IP, UDP, Ether
 
 from dataplane.control import request
-from nstools import del_netns, netns, new_netns, quiet_netns, require_netns
+from nstools import tap_node
 
 NODE_MAC, PEER_MAC = "02:00:00:00:00:01", "02:00:00:00:00:fe"
 CONFIG = textwrap.dedent(f"""\
@@ -59,33 +55,9 @@ CONFIG = textwrap.dedent(f"""\
 
 @pytest.fixture
 def node(tmp_path):
-    require_netns()
-    ns = new_netns()
-    proc = None
-    try:
-        quiet_netns(ns)
-        subprocess.run(["ip", "-n", ns, "addr", "add", "192.168.0.2/32", "dev", "lo"], check=True)
-        (tmp_path / "conf").mkdir()
-        (tmp_path / "conf" / "all.yaml").write_text(CONFIG)
-        sock = tmp_path / "ctl.sock"
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "dataplane.cli", "run",
-                                 "--config", str(tmp_path / "conf"), "--control-socket", str(sock)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 20
-        while not sock.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
-            time.sleep(0.05)
-        with netns(ns):
-            raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
-        raw.bind(("tap0", 0))
+    with tap_node(tmp_path, CONFIG, local_ips=["192.168.0.2"]) as (ns, sock, raw, _):
         raw.settimeout(0.2)
         yield ns, sock, raw
-        raw.close()
-    finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.communicate(timeout=20)
-        del_netns(ns)
 
 
 def ask(raw, name, rdtype="A", sport=40000):
