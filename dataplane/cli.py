@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
                                    "anything is invalid.")
     c.add_argument("config", type=Path, metavar="CONFIG")
     c.add_argument("--json", action="store_true", help="print the summary as JSON")
+    c.add_argument("--hostname-override", metavar="NAME",
+                   help="check as node NAME would load it: of several DataplaneConfigurations "
+                        "(one per node), NAME's")
     c.set_defaults(func=_cmd_check)
 
     run = sub.add_parser("run", help="forward live traffic on the configured ports",
@@ -201,8 +204,13 @@ def _cmd_check(args) -> int:
     # Like the node: every valid object is understood and shown, each bad one reported.
     try:
         config = load(args.config, strict=False)
+        if args.hostname_override:
+            from dataplane.worker import select_node_config
+            config = select_node_config(config, args.hostname_override, args.config)
     except OSError as exc:
         raise CliError(f"{args.config}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise CliError(f"{args.config}: {exc}") from None
     summary = config.describe()
     if args.json:
         print(json.dumps(summary, indent=2, default=str))

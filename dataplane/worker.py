@@ -35,7 +35,7 @@ from dataplane.engine import Engine
 from dataplane.io import open_port
 from dataplane.tables import NodeDataplane
 
-__all__ = ["Worker", "RunOptions", "install_signal_handlers"]
+__all__ = ["Worker", "RunOptions", "install_signal_handlers", "select_node_config"]
 
 log = logging.getLogger("dataplane.run")
 
@@ -73,7 +73,7 @@ class Worker:
         self.ports = []
         self.claimed = None
         self.servers: list = []
-        config = _node_config(load(self.config_path, strict=False), opts.node_name, self.config_path)
+        config = select_node_config(load(self.config_path, strict=False), opts.node_name, self.config_path)
         self.node_name = config.node_name
         self.startup_problems = [str(p) for p in config.problems]
         for p in self.startup_problems:
@@ -350,7 +350,7 @@ def write_private(path: Path, data: bytes) -> None:
         raise
 
 
-def _node_config(config: Config, node_name: str | None, path: Path) -> Config:
+def select_node_config(config: Config, node_name: str | None, path: Path) -> Config:
     """The configuration of this node. With --hostname-override, a directory may hold one
     DataplaneConfiguration per node (one ConfigMap for a whole DaemonSet): this node's is used."""
     if node_name and (config.dataplane is None or config.dataplane.node_name != node_name):

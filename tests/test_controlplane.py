@@ -151,16 +151,16 @@ def test_chunks_keep_event_order_and_bound_services():
 def test_one_config_directory_for_every_node(tmp_path):
     """A DaemonSet's ConfigMap: one DataplaneConfiguration per node; --hostname-override picks."""
     from dataplane.config import load
-    from dataplane.worker import _node_config
+    from dataplane.worker import select_node_config
     for name, mac in (("node-1", "02:00:00:00:00:01"), ("node-2", "02:00:00:00:00:02")):
         (tmp_path / f"dataplane-{name}.yaml").write_text(
             NODE.replace("nodeName: node-1", f"nodeName: {name}").replace('"02:00:00:00:00:01"', f'"{mac}"'))
-    config = _node_config(load(tmp_path, strict=False), "node-2", tmp_path)
+    config = select_node_config(load(tmp_path, strict=False), "node-2", tmp_path)
     assert config.dataplane.node_name == "node-2" and config.dataplane.ports[0].mac == bytes.fromhex("020000000002")
     assert config.problems == ()
     import pytest
     with pytest.raises(ValueError, match="nodeName 'node-3'"):
-        _node_config(load(tmp_path, strict=False), "node-3", tmp_path)
+        select_node_config(load(tmp_path, strict=False), "node-3", tmp_path)
 
 
 def test_a_full_sync_flushes_udp_entries_of_services_that_got_endpoints():
@@ -202,3 +202,13 @@ def test_service_names_by_table_id():
     node.apply(Config(dataplane=node.dp, services=(svc(0),), endpoint_slices=(eps(0),)))
     names = node.proxier.service_names()
     assert list(names.values()) == ["default/s0:UDP"]
+
+
+def test_check_as_one_node_of_a_shared_directory(tmp_path, capsys):
+    from dataplane.cli import main
+    for name in ("node-1", "node-2"):
+        (tmp_path / f"{name}.yaml").write_text(NODE.replace("nodeName: node-1", f"nodeName: {name}"))
+    assert main(["check", str(tmp_path)]) == 1                      # two for one node: a duplicate
+    capsys.readouterr()
+    assert main(["check", str(tmp_path), "--hostname-override", "node-2", "--json"]) == 0
+    assert '"nodeName": "node-2"' in capsys.readouterr().out

@@ -110,7 +110,7 @@ def _node_keys() -> list[str]:
     return [k for k in _config_data() if k != "kubeproxy.yaml"]
 
 
-def test_configmap_holds_a_kube_proxy_configuration_and_node_configurations():
+def test_configmap_holds_a_kube_proxy_configuration_andselect_node_configurations():
     data = _config_data()
     kube_proxy = loads(data["kubeproxy.yaml"], "kubeproxy.yaml")   # strict: `dataplane check`
     assert kube_proxy.kube_proxy is not None and kube_proxy.dataplane is None
@@ -138,16 +138,16 @@ def _configmap_volume(tmp_path: Path) -> Path:
 
 
 def test_each_node_uses_its_own_configuration_from_the_mounted_configmap(tmp_path):
-    from dataplane.worker import _node_config
+    from dataplane.worker import select_node_config
     volume = _configmap_volume(tmp_path)
     for key in _node_keys():
         node_name = Path(key).stem
-        config = _node_config(load(volume, strict=False), node_name, volume)
+        config = select_node_config(load(volume, strict=False), node_name, volume)
         assert config.dataplane.node_name == node_name
         assert config.kube_proxy is not None
         assert config.problems == ()
     with pytest.raises(ValueError, match="nodeName 'node-z'"):
-        _node_config(load(volume, strict=False), "node-z", volume)
+        select_node_config(load(volume, strict=False), "node-z", volume)
 
 
 def test_api_server_address_overrides_the_in_cluster_service():
