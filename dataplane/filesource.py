@@ -85,9 +85,9 @@ class FileSource:
             self._pending.pop(name, None)
             changed |= self._read(name, sig)
         events = self._merge() if changed or self._first else []
-        self._first = False
         if events:
             self.submit(events)
+        self._first = False   # synced only once the first read's events are queued
         return events
 
     def _signatures(self) -> dict[str, tuple | None]:

@@ -98,11 +98,13 @@ class ApiSource:
         attr = attr_of_resource or self._attr_of(resource)
         if attr:
             events = self.store.replace(attr, parsed.get(attr, {}))
-        with self._lock:
-            self._listed.add(resource.plural)
         log.info("%s: listed %d at resourceVersion %s (%d changes)", resource.plural, len(items),
                  resource_version or "-", len(events))
+        # Submitted before counting as listed: the first sync starts once every resource is
+        # listed, and must find this list's objects already queued.
         self.submit(events)
+        with self._lock:
+            self._listed.add(resource.plural)
 
     def event(self, resource: Resource, type_: str, raw: dict) -> None:
         with CONTROL_LOCK:
