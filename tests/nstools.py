@@ -79,6 +79,31 @@ def require_netns() -> None:
 
 
 
+TAP_NODE_MAC, TAP_PEER_MAC = "02:00:00:00:00:01", "02:00:00:00:00:fe"
+
+
+def tap_node_config(dataplane_extra: str = "") -> str:
+    """A node whose only port is the tap `tap0` (default route out of it, to TAP_PEER_MAC),
+    metrics and healthz off; `dataplane_extra` adds DataplaneConfiguration fields. Append the
+    Kubernetes objects as further YAML documents."""
+    return f"""\
+apiVersion: dataplane/v1alpha1
+kind: DataplaneConfiguration
+nodeName: node-1
+nodeIPs: [192.168.0.2]
+clusterCIDRs: [10.244.0.0/16]
+ports:
+  - {{name: tap0, type: tap, mac: "{TAP_NODE_MAC}"}}
+routes:
+  - {{prefix: 0.0.0.0/0, port: tap0, via: 192.168.0.1, mac: "{TAP_PEER_MAC}"}}
+{dataplane_extra}---
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+metricsBindAddress: ""
+healthzBindAddress: ""
+"""
+
+
 @contextlib.contextmanager
 def tap_node(tmp_path, config_text: str, *args: str, local_ips=()):
     """`dataplane run` on `config_text` in a fresh namespace, its port a tap `tap0` that the test

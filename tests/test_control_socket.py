@@ -16,36 +16,21 @@ import pytest
 from scapy.all import IP, UDP, Ether
 
 from dataplane.control import request
-from nstools import tap_node
+from nstools import TAP_NODE_MAC, TAP_PEER_MAC, tap_node, tap_node_config
 
-NODE_MAC, PEER_MAC = "02:00:00:00:00:01", "02:00:00:00:00:fe"
-CONFIG = textwrap.dedent(f"""\
-    apiVersion: dataplane/v1alpha1
-    kind: DataplaneConfiguration
-    nodeName: node-1
-    nodeIPs: [192.168.0.2]
-    clusterCIDRs: [10.244.0.0/16]
-    ports:
-      - {{name: tap0, type: tap, mac: "{NODE_MAC}"}}
-    routes:
-      - {{prefix: 0.0.0.0/0, port: tap0, via: 192.168.0.1, mac: "{PEER_MAC}"}}
-    ---
-    apiVersion: kubeproxy.config.k8s.io/v1alpha1
-    kind: KubeProxyConfiguration
-    metricsBindAddress: ""
-    healthzBindAddress: ""
-    ---
+NODE_MAC, PEER_MAC = TAP_NODE_MAC, TAP_PEER_MAC
+CONFIG = tap_node_config("") + "---\n" + textwrap.dedent("""\
     apiVersion: v1
     kind: Service
-    metadata: {{name: web, namespace: default}}
-    spec: {{clusterIP: 10.96.0.10, ports: [{{name: dns, port: 53, protocol: UDP, targetPort: 5353}}]}}
+    metadata: {name: web, namespace: default}
+    spec: {clusterIP: 10.96.0.10, ports: [{name: dns, port: 53, protocol: UDP, targetPort: 5353}]}
     ---
     apiVersion: discovery.k8s.io/v1
     kind: EndpointSlice
-    metadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}
+    metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
     addressType: IPv4
-    ports: [{{name: dns, port: 5353, protocol: UDP}}]
-    endpoints: [{{addresses: [10.244.1.5]}}]
+    ports: [{name: dns, port: 5353, protocol: UDP}]
+    endpoints: [{addresses: [10.244.1.5]}]
     """)
 
 
