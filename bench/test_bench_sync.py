@@ -109,7 +109,7 @@ class Node:
         (conf / "00-dataplane.json").write_text(json.dumps(dp))
         (conf / "10-kube-proxy.json").write_text(json.dumps({
             "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
-            "clusterCIDR": nb.CLUSTER_CIDR, "metricsBindAddress": "", "healthzBindAddress": ""}))
+            "clusterCIDR": nb.CLUSTER_CIDR}))
         kubeconfig = workdir / "kubeconfig"
         kubeconfig.write_text(api.kubeconfig())
         argv = [sys.executable, "-m", "dataplane.cli", "run", "--config", str(conf), "--kubeconfig", str(kubeconfig),

@@ -94,9 +94,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--control-socket", type=Path, default=DEFAULT_SOCKET, metavar="PATH",
                      help=f"Unix socket for `dataplane services|conntrack|stats|monitor` "
                           f"(default: {DEFAULT_SOCKET}; mode 0600)")
-    run.add_argument("--healthz-bind-address", metavar="ADDR:PORT",
-                     help="kube-proxy's /healthz and /livez (default: healthzBindAddress, 0.0.0.0:10256)")
-    run.add_argument("--metrics-bind-address", metavar="ADDR:PORT",
+    run.add_argument("--healthz-bind-address", metavar="ADDR:PORT", type=_bind_address(10256),
+                     help="kube-proxy's /healthz and /livez (default: healthzBindAddress, 0.0.0.0:10256; "
+                          "empty disables)")
+    run.add_argument("--metrics-bind-address", metavar="ADDR:PORT", type=_bind_address(10249),
                      help="Prometheus /metrics (default: metricsBindAddress, 127.0.0.1:10249; "
                           "empty disables)")
     run.add_argument("--forwarding-cpu", type=int, metavar="CPU",
@@ -125,6 +126,18 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="print the counters as one JSON object")
     d.set_defaults(func=_cmd_demo)
     return p
+
+
+def _bind_address(default_port: int):
+    """kube-proxy's bind address flags, read as the KubeProxyConfiguration fields are (a bare IP
+    gets the default port); empty disables the server."""
+    def parse(value: str) -> str:
+        from dataplane.config.k8s import append_port_if_needed, host_port
+        try:
+            return value and host_port(append_port_if_needed(value, default_port))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse
 
 
 def _version() -> str:

@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterable
 
-__all__ = ["ProxyHealth", "ServiceHealth", "TO_BE_DELETED_TAINT", "go_time"]
+__all__ = ["HttpServer", "ProxyHealth", "ServiceHealth", "TO_BE_DELETED_TAINT", "go_time", "split_host_port"]
 
 log = logging.getLogger(__name__)
 TO_BE_DELETED_TAINT = "ToBeDeletedByClusterAutoscaler"
@@ -48,7 +48,7 @@ def split_host_port(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class _Server(ThreadingHTTPServer):
+class HttpServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, host: str, port: int, handler):
@@ -90,8 +90,8 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("health %s: " + fmt, self.address_string(), *args)
 
 
-def _serve(host: str, port: int, answer: Callable) -> _Server:
-    server = _Server(host, port, _Handler)
+def _serve(host: str, port: int, answer: Callable) -> HttpServer:
+    server = HttpServer(host, port, _Handler)
     server.answer = answer
     threading.Thread(target=server.serve_forever, name=f"health-{port}", daemon=True).start()
     return server
@@ -108,7 +108,7 @@ class ProxyHealth:
         self._last_updated: dict[str, float] = {}      # family -> time of the last successful sync
         self._oldest_queued: dict[str, float] = {}     # family -> first change not yet synced
         self._node_eligible = True                     # until a Node event says otherwise
-        self._server: _Server | None = None
+        self._server: HttpServer | None = None
 
     @property
     def port(self) -> int | None:
@@ -182,7 +182,7 @@ class ServiceHealth:
         self.proxy_health = proxy_health
         self.hostname = hostname
         self._lock = threading.Lock()
-        self._services: dict[tuple[str, str], tuple[int, list[_Server]]] = {}
+        self._services: dict[tuple[str, str], tuple[int, list[HttpServer]]] = {}
         self._endpoints: dict[tuple[str, str], int] = {}
         self.errors: list[str] = []          # listeners that failed in the last sync_services
 
@@ -236,7 +236,7 @@ class ServiceHealth:
         return (200 if count and proxy_healthy else 503), body.encode()
 
 
-def _close(servers: list[_Server]) -> None:
+def _close(servers: list[HttpServer]) -> None:
     for s in servers:
         s.shutdown()
         s.server_close()

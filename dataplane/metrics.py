@@ -7,13 +7,14 @@ that the forwarding thread bumps; they are read at scrape time by a collector, n
 from __future__ import annotations
 
 import threading
-from http.server import ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import MetricsHandler
 
-__all__ = ["Metrics", "MetricsServer", "parse_bind_address"]
+from dataplane.healthcheck import HttpServer, split_host_port
+
+__all__ = ["Metrics", "MetricsServer"]
 
 
 def _exponential(start: float, factor: float, count: int) -> list[float]:
@@ -68,14 +69,15 @@ class Metrics:
         self.nat_exhausted = Counter("dataplane_nat_exhausted", "New connections dropped for lack of a free "
                                      "SNAT port", ["service"], registry=r)
 
-    def add_dataplane(self, node, engine) -> None:
-        """Packet counters of a running node, read at scrape time."""
-        self.registry.register(_DataplaneCollector(node, engine))
+    def add_dataplane(self, node, engine, ports) -> None:
+        """Packet counters of a running node (its open ports in configuration order), read at
+        scrape time."""
+        self.registry.register(_DataplaneCollector(node, engine, ports))
 
 
 class _DataplaneCollector:
-    def __init__(self, node, engine):
-        self.node, self.engine = node, engine
+    def __init__(self, node, engine, ports):
+        self.node, self.engine, self.ports = node, engine, ports
 
     def collect(self):
         from dataplane.burst import COUNTERS, DROP_REASONS
@@ -93,7 +95,7 @@ class _DataplaneCollector:
                                       labels=["port", "direction"])
         errors = CounterMetricFamily("dataplane_port_errors", "Port errors: ring drops, send errors, oversize",
                                      labels=["port", "kind"])
-        for port, live in zip(self.node.dp.ports, self.engine_ports()):
+        for port, live in zip(self.node.dp.ports, self.ports):
             st = live.stats()
             packets.add_metric([port.name, "rx"], st["rx"])
             packets.add_metric([port.name, "tx"], st["tx"])
@@ -117,38 +119,14 @@ class _DataplaneCollector:
         yield GaugeMetricFamily("dataplane_table_swap_max_seconds", "Longest the forwarding thread was "
                                 "parked for a table change", value=st["pause_max_ns"] / 1e9)
 
-    def engine_ports(self):
-        return self.node.live_ports
-
-
-def parse_bind_address(value: str, default_port: int) -> tuple[str, int]:
-    """kube-proxy's ADDR:PORT ("0.0.0.0:10256", "[::]:10256", a bare IP takes default_port)."""
-    value = value.strip()
-    if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        port = rest.removeprefix(":")
-    elif value.count(":") == 1:
-        host, _, port = value.partition(":")
-    else:
-        host, port = value, ""
-    try:
-        number = int(port) if port else default_port
-    except ValueError:
-        raise ValueError(f"bad bind address {value!r}: port {port!r} is not a number") from None
-    if not 0 <= number <= 65535:
-        raise ValueError(f"bad bind address {value!r}: port out of range")
-    return host or "0.0.0.0", number
-
 
 class MetricsServer:
     """GET /metrics on metricsBindAddress, from a thread of its own."""
 
-    def __init__(self, metrics: Metrics, bind: tuple[str, int]):
+    def __init__(self, metrics: Metrics, bind_address: str):
         handler = type("Handler", (MetricsHandler,), {"registry": metrics.registry,
                                                       "log_message": lambda *a: None})
-        family = _family(bind[0])
-        server_class = type("Server", (ThreadingHTTPServer,), {"address_family": family, "daemon_threads": True})
-        self.server = server_class(bind, handler)
+        self.server = HttpServer(*split_host_port(bind_address), handler)
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, name="metrics", daemon=True)
 
@@ -160,7 +138,3 @@ class MetricsServer:
         self.server.shutdown()
         self.server.server_close()
 
-
-def _family(host: str):
-    import socket
-    return socket.AF_INET6 if ":" in host else socket.AF_INET

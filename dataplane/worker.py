@@ -29,6 +29,7 @@ import yaml
 
 from dataplane.burst import COUNTERS, DROP_REASONS
 from dataplane.config import load
+from dataplane.config.k8s import KubeProxyConfig
 from dataplane.config.loader import Config
 from dataplane.controlplane import CONTROL_LOCK, ControlPlane
 from dataplane.engine import Engine
@@ -78,7 +79,7 @@ class Worker:
         self.startup_problems = [str(p) for p in config.problems]
         for p in self.startup_problems:
             log.warning("%s", p)
-        self.kube_proxy = config.kube_proxy
+        self.kube_proxy = config.kube_proxy or KubeProxyConfig()   # kube-proxy's defaults
         # Tables start empty: every Service arrives through the control plane, the same way in
         # file and API mode.
         self.node = NodeDataplane(Config(dataplane=config.dataplane, kube_proxy=config.kube_proxy), live=True)
@@ -88,7 +89,6 @@ class Worker:
             for port in dp.ports:
                 self.ports.append(open_port(port))
             self.node.attach_ports(self.ports)
-            self.node.live_ports = self.ports
             self.claimed = claim_interfaces(dp) if dp.local_port is not None else None
             self.engine = Engine(self.node.pipeline, self.ports, opts.burst_size, opts.trace)
         except BaseException:
@@ -129,7 +129,7 @@ class Worker:
         # for it, so other control-plane threads (watch decoding) do not stretch the pause.
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self.metrics = Metrics()
-        self.metrics.add_dataplane(self.node, self.engine)
+        self.metrics.add_dataplane(self.node, self.engine, self.ports)
         self.health = _proxy_health(kp, opts)
         from dataplane.healthcheck import ServiceHealth
         self.service_health = ServiceHealth(self.node.proxier.health_check_addresses(), self.health,
@@ -140,15 +140,15 @@ class Worker:
             self.dns = NodeDns(dp.dns, self.node_name, dp.node_ips)
             self.dns.start()
         self.cp = ControlPlane(self.node, self.engine.paused, metrics=self.metrics, health=self.health,
-                               min_sync_period=_kp(kp, "min_sync_period", None) or 0.0, kube_proxy=kp,
+                               min_sync_period=kp.min_sync_period or 0.0, kube_proxy=kp,
                                on_synced=self._after_sync, dns=self.dns)
         self._start_servers()
-        kubeconfig = opts.kubeconfig or _kubeconfig_of(kp)
+        kubeconfig = opts.kubeconfig or kp.client_connection.kubeconfig
         if kubeconfig or _in_cluster():
             from dataplane.k8s.client import connect
             from dataplane.k8s.informer import ApiSource
-            cc = getattr(kp, "client_connection", None)
-            connection = connect(kubeconfig, getattr(cc, "qps", 5.0), getattr(cc, "burst", 10))
+            cc = kp.client_connection
+            connection = connect(kubeconfig, cc.qps, cc.burst)
             log.info("watching the API server %s (%s)", connection.host, connection.source)
             self.sources = [ApiSource(connection, self.node_name, self.cp.submit, dns=self.dns is not None)]
         else:
@@ -203,13 +203,12 @@ class Worker:
 
     def _start_servers(self) -> None:
         from dataplane.control import ControlServer
-        from dataplane.metrics import MetricsServer, parse_bind_address
+        from dataplane.metrics import MetricsServer
         opts, kp = self.options, self.kube_proxy
-        metrics_bind = opts.metrics_bind_address or _kp(kp, "metrics_bind_address", "127.0.0.1:10249")
-        hard_fail = bool(_kp(kp, "bind_address_hard_fail", False))
+        metrics_bind = kp.metrics_bind_address if opts.metrics_bind_address is None else opts.metrics_bind_address
+        hard_fail = kp.bind_address_hard_fail
         if metrics_bind:   # kube-proxy: empty disables
-            self._serve("metrics", lambda: MetricsServer(self.metrics, parse_bind_address(metrics_bind, 10249)),
-                        hard_fail)
+            self._serve("metrics", lambda: MetricsServer(self.metrics, metrics_bind), hard_fail)
         if self.health is not None:
             self._serve("healthz", lambda: self.health, hard_fail)
         if opts.control_socket is not None:
@@ -385,16 +384,6 @@ def _dataplane_configurations(path: Path) -> list:
     return out
 
 
-def _kp(kp, attr: str, default):
-    value = getattr(kp, attr, None) if kp is not None else None
-    return default if value is None else value
-
-
-def _kubeconfig_of(kp) -> str | None:
-    cc = getattr(kp, "client_connection", None)
-    return getattr(cc, "kubeconfig", None) or None
-
-
 def _in_cluster() -> bool:
     from dataplane.k8s.client import IN_CLUSTER_ENV
     return all(os.environ.get(k) for k in IN_CLUSTER_ENV) and Path(
@@ -402,16 +391,11 @@ def _in_cluster() -> bool:
 
 
 def _proxy_health(kp, opts: RunOptions):
-    """kube-proxy's /healthz and /livez (None when healthzBindAddress is empty); unhealthy once
-    a queued change waited 2 x syncPeriod, as kube-proxy's health timeout."""
+    """kube-proxy's /healthz and /livez (None when the bind address is empty); unhealthy once a
+    queued change waited 2 x syncPeriod, as kube-proxy's health timeout."""
     from dataplane.healthcheck import ProxyHealth
-    from dataplane.metrics import parse_bind_address
-    bind = opts.healthz_bind_address if opts.healthz_bind_address is not None else \
-        _kp(kp, "healthz_bind_address", "0.0.0.0:10256")
-    if not bind:
-        return None
-    host, port = parse_bind_address(bind, 10256)
-    return ProxyHealth(f"[{host}]:{port}" if ":" in host else f"{host}:{port}", 2 * _kp(kp, "sync_period", 30.0))
+    bind = kp.healthz_bind_address if opts.healthz_bind_address is None else opts.healthz_bind_address
+    return ProxyHealth(bind, 2 * kp.sync_period) if bind else None
 
 
 NFT_TABLE = "dataplane"

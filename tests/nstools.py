@@ -83,9 +83,9 @@ TAP_NODE_MAC, TAP_PEER_MAC = "02:00:00:00:00:01", "02:00:00:00:00:fe"
 
 
 def tap_node_config(dataplane_extra: str = "") -> str:
-    """A node whose only port is the tap `tap0` (default route out of it, to TAP_PEER_MAC),
-    metrics and healthz off; `dataplane_extra` adds DataplaneConfiguration fields. Append the
-    Kubernetes objects as further YAML documents."""
+    """A node whose only port is the tap `tap0` (default route out of it, to TAP_PEER_MAC);
+    `dataplane_extra` adds DataplaneConfiguration fields. Append the Kubernetes objects as
+    further YAML documents."""
     return f"""\
 apiVersion: dataplane/v1alpha1
 kind: DataplaneConfiguration
@@ -96,12 +96,7 @@ ports:
   - {{name: tap0, type: tap, mac: "{TAP_NODE_MAC}"}}
 routes:
   - {{prefix: 0.0.0.0/0, port: tap0, via: 192.168.0.1, mac: "{TAP_PEER_MAC}"}}
-{dataplane_extra}---
-apiVersion: kubeproxy.config.k8s.io/v1alpha1
-kind: KubeProxyConfiguration
-metricsBindAddress: ""
-healthzBindAddress: ""
-"""
+{dataplane_extra}"""
 
 
 @contextlib.contextmanager

@@ -212,3 +212,13 @@ def test_check_as_one_node_of_a_shared_directory(tmp_path, capsys):
     capsys.readouterr()
     assert main(["check", str(tmp_path), "--hostname-override", "node-2", "--json"]) == 0
     assert '"nodeName": "node-2"' in capsys.readouterr().out
+
+
+def test_bind_address_flags_read_like_the_config_fields():
+    import pytest
+    from dataplane.cli import _parser
+    args = _parser().parse_args(["run", "--config", "x", "--healthz-bind-address", "10.0.0.1",
+                                 "--metrics-bind-address", ""])
+    assert args.healthz_bind_address == "10.0.0.1:10256" and args.metrics_bind_address == ""
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["run", "--config", "x", "--metrics-bind-address", "localhost:x"])
