@@ -166,15 +166,12 @@ class ControlPlane:
             elif ev.attr in ("dataplane", "kube_proxy") and ev.old is not None:
                 self._warn(f"{'DataplaneConfiguration' if ev.attr == 'dataplane' else 'KubeProxyConfiguration'} "
                            "changed: it takes effect when `dataplane run` restarts")
-            elif ev.attr == "service_cidrs" and hasattr(proxier, "on_service_cidr"):
+            elif ev.attr == "service_cidrs":
                 proxier.on_service_cidr(ev.old, ev.new)
             elif ev.attr == "nodes" and ev.key[1] == proxier.node_name:
-                if hasattr(proxier, "on_node"):
-                    proxier.on_node(ev.old, ev.new)
-                else:
-                    self._full_requested = True   # the zone label decides topology: rebuild
-            if self.health is not None and ev.attr == "nodes" and ev.key[1] == proxier.node_name:
-                self.health.sync_node(ev.new)
+                proxier.on_node(ev.old, ev.new)
+                if self.health is not None:
+                    self.health.sync_node(ev.new)
         if self.dns is not None:
             for old, new in self.dns.proxier_slices():
                 proxier.on_endpoint_slice(old, new)
@@ -185,11 +182,8 @@ class ControlPlane:
         slices = get("endpoint_slices")
         if self.dns is not None:
             slices = tuple(s for s in slices if not self.dns.owns(s)) + tuple(self.dns.injected.values())
-        fields = {"dataplane": node.dp, "kube_proxy": self.kube_proxy, "services": get("services"),
-                  "endpoint_slices": slices, "nodes": get("nodes")}
-        if "service_cidrs" in Config.__dataclass_fields__:
-            fields["service_cidrs"] = get("service_cidrs")
-        return Config(**fields)
+        return Config(dataplane=node.dp, kube_proxy=self.kube_proxy, services=get("services"),
+                      endpoint_slices=slices, nodes=get("nodes"), service_cidrs=get("service_cidrs"))
 
     def _sync(self, full: bool, events: list[ObjectEvent]) -> None:
         node = self.node

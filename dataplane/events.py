@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 __all__ = ["ObjectEvent", "ObjectStore", "key_of"]
 
@@ -73,10 +73,3 @@ class ObjectStore:
         with self._lock:
             return {attr: len(objs) for attr, objs in self._objects.items()}
 
-
-def events_of(attr_objects: Iterable[tuple[str, Any]]) -> dict[str, dict[tuple, Any]]:
-    """Group parsed objects by attribute and key (the first of a duplicate key wins)."""
-    out: dict[str, dict[tuple, Any]] = {}
-    for attr, obj in attr_objects:
-        out.setdefault(attr, {}).setdefault(key_of(obj), obj)
-    return out

@@ -29,6 +29,8 @@ log = logging.getLogger("dataplane.files")
 
 POLL_INTERVAL_S = 0.25
 _ATTR_BY_KIND = {kind: spec.attr for (_, kind), spec in KINDS.items()}
+SINGLETONS = ("dataplane", "kube_proxy")
+LIST_ATTRS = tuple(dict.fromkeys(spec.attr for spec in KINDS.values() if spec.attr not in SINGLETONS))
 
 
 class FileSource:
@@ -133,11 +135,11 @@ class FileSource:
         problems = [str(p) for p in config.problems]
         previous = self._objects.get(name, {})
         objects: dict[str, dict] = {}
-        for attr in ("dataplane", "kube_proxy"):
+        for attr in SINGLETONS:
             obj = getattr(config, attr, None)
             if obj is not None:
                 objects[attr] = {(None, attr): obj}
-        for attr in _list_attrs(config):
+        for attr in LIST_ATTRS:
             for obj in getattr(config, attr):
                 objects.setdefault(attr, {}).setdefault(key_of(obj), obj)
         if any(p.kind is None for p in config.problems) and previous:
@@ -182,10 +184,6 @@ class FileSource:
             self.problems[name] = problems
         else:
             self.problems.pop(name, None)
-
-
-def _list_attrs(config) -> list[str]:
-    return list(dict.fromkeys(spec.attr for spec in KINDS.values() if spec.attr not in ("dataplane", "kube_proxy")))
 
 
 def _problem_key(name: str | None) -> tuple | None:

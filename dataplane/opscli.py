@@ -57,12 +57,8 @@ def register(sub) -> None:
     m.set_defaults(func=_monitor)
 
 
-def _call(args, req: dict):
-    return request(args.socket, req)   # ControlError: reported by the CLI as one line, exit 2
-
-
 def _services(args) -> int:
-    services = _call(args, {"cmd": "services"})
+    services = request(args.socket, {"cmd": "services"})
     if args.output != "table":
         return _dump(services, args.output)
     rows = [("NAMESPACE", "NAME", "KIND", "FRONTEND", "ENDPOINTS")]
@@ -78,7 +74,7 @@ def _services(args) -> int:
 def _conntrack(args) -> int:
     flt = {k: getattr(args, k) for k in ("proto", "src", "dst", "sport", "dport", "service")
            if getattr(args, k) is not None}
-    result = _call(args, {"cmd": f"conntrack.{args.action}", "filter": flt})
+    result = request(args.socket, {"cmd": f"conntrack.{args.action}", "filter": flt})
     if args.action == "flush":
         if args.output == "table":
             print(f"{result['deleted']} connection(s) deleted")
@@ -98,7 +94,7 @@ def _conntrack(args) -> int:
 def _stats(args) -> int:
     from dataplane.cli import _print_tree
     if not args.watch:
-        result = _call(args, {"cmd": "stats"})
+        result = request(args.socket, {"cmd": "stats"})
         if args.output == "table":
             _print_tree(result)
             return 0

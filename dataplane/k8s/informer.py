@@ -124,9 +124,6 @@ class ApiSource:
         if ev is not None:
             self.submit([ev])
 
-    def failed(self, resource: Resource, error: str) -> None:
-        pass  # the reflector logged it and keeps the state; status() reports it
-
     # ---- parsing ----
 
     @staticmethod

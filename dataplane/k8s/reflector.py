@@ -58,7 +58,6 @@ class Resource:
 class StoreSink(Protocol):
     def replace(self, resource: Resource, items: list[dict], resource_version: str) -> None: ...
     def event(self, resource: Resource, type_: str, obj: dict) -> None: ...
-    def failed(self, resource: Resource, error: str) -> None: ...
 
 
 class Gone(Exception):
@@ -128,7 +127,6 @@ class Reflector:
                 self.errors += 1
                 self.last_error = _describe(exc)
                 log.warning("%s: %s; retrying in %.1fs", self.resource.plural, _describe(exc), backoff)
-                self.sink.failed(self.resource, _describe(exc))
                 self._stop.wait(backoff * (1 + random.random()))
                 backoff = min(2 * backoff, BACKOFF_MAX_S)
 
