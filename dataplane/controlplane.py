@@ -33,6 +33,7 @@ from typing import Callable
 
 from dataplane.config.loader import Config
 from dataplane.events import ObjectEvent
+from dataplane.tables import announced_ips
 
 __all__ = ["CONTROL_LOCK", "ControlPlane", "in_steps"]
 
@@ -192,9 +193,12 @@ class ControlPlane:
             if full:
                 result = node.apply(self._snapshot(), self.pause)
             else:
-                services_changed = any(e.attr == "services" for e in events)
+                # The addresses answered for on the network change only with a Service's
+                # external or load-balancer IPs: most partial syncs need not recompute them.
+                vips_changed = any(e.attr == "services" and announced_ips(e.old) != announced_ips(e.new)
+                                   for e in events)
                 result = node.sync(self.pause, tuple(self.objects.get("services", {}).values())
-                                   if services_changed else None)
+                                   if vips_changed else None)
         except Exception as exc:   # a bug must not end the control plane: keep the old tables
             log.exception("sync failed; keeping the tables as they were")
             self._error(f"sync failed: {exc}")
@@ -227,6 +231,10 @@ class ControlPlane:
             except Exception as exc:   # a health-check listener must not stop syncing
                 log.exception("after-sync hook failed")
                 self._error(f"after sync: {exc}")
+        now = time.time()
+        programming = [now - e.trigger_time for e in events if e.trigger_time is not None]
+        self.programming_s.extend(programming)
+        del self.programming_s[:-100_000]
         m = self.metrics
         if m is not None:
             m.sync_duration.observe(elapsed)
@@ -235,13 +243,9 @@ class ControlPlane:
             m.sync_errors.inc(len(result.errors))
             for e in events:
                 m.event_latency.observe((visible - e.received_ns) / 1e9)
-        now = time.time()
-        self.programming_s.extend(now - e.trigger_time for e in events if e.trigger_time is not None)
-        del self.programming_s[:-100_000]
-        if m is not None:
-            for e in events:
-                if e.trigger_time is not None and e.trigger_time <= now:
-                    m.programming.observe(now - e.trigger_time)
+            for seconds in programming:
+                if seconds >= 0:   # the API server's clock may run ahead of ours
+                    m.programming.observe(seconds)
         log.debug("%s sync: %d events in %.1f ms", "full" if full else "partial", len(events), elapsed * 1e3)
 
     def latency_summary(self) -> dict:

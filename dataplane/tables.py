@@ -206,7 +206,12 @@ class NodeDataplane:
 
 
 def _announced(services) -> set:
-    return {ip for svc in services for ip in (*svc.load_balancer_ips, *svc.external_ips)}
+    return {ip for svc in services for ip in announced_ips(svc)}
+
+
+def announced_ips(service) -> tuple:
+    """The addresses of one Service (None: none) that the node answers ARP / NS for."""
+    return () if service is None else (*service.load_balancer_ips, *service.external_ips)
 
 
 def _lpm_for(router: Router, version: int):
