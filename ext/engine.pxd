@@ -34,6 +34,7 @@ cdef class Engine:
     cdef list _ports                 # the Port objects, kept alive for the borrowed pointers
     cdef PyObject **port_ptr         # borrowed: the nogil loop calls their burst methods
     cdef uint8_t *port_dead          # set by the loop when a port's interface went away
+    cdef uint8_t *port_used          # scratch: the ports a burst addresses
     cdef uint32_t n_ports
     cdef int epfd
     cdef int wakefd

@@ -105,8 +105,9 @@ cdef class Engine:
         self._pause_lock = threading.RLock()
         self.port_ptr = <PyObject **>calloc(max(self.n_ports, 1), sizeof(PyObject *))
         self.port_dead = <uint8_t *>calloc(max(self.n_ports, 1), 1)
+        self.port_used = <uint8_t *>calloc(max(self.n_ports, 1), 1)
         self.mon = <mon_event *>calloc(MON_SIZE, sizeof(mon_event))
-        if self.port_ptr == NULL or self.port_dead == NULL or self.mon == NULL:
+        if self.port_ptr == NULL or self.port_dead == NULL or self.port_used == NULL or self.mon == NULL:
             raise MemoryError()
         self.mon_mask = MON_SIZE - 1
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
@@ -133,6 +134,7 @@ cdef class Engine:
             close(self.wakefd)
         free(self.port_ptr)
         free(self.port_dead)
+        free(self.port_used)
         free(self.mon)
 
     # ---- the loop (forwarding thread) ----
@@ -203,15 +205,14 @@ cdef class Engine:
     cdef void transmit(self, burst_t *b) noexcept nogil:
         """One pass finds the ports this burst addresses; each of them sends its frames in one
         batch. Ports with nothing to send cost nothing."""
-        cdef uint64_t used[4]
         cdef uint32_t i, p
-        memset(used, 0, sizeof(used))
+        memset(self.port_used, 0, self.n_ports)
         for i in range(b.n):
             p = b.meta[i].port_out
-            if p < self.n_ports and p < 256 and (C_TX_MASK >> b.verdict[i]) & 1:
-                used[p >> 6] |= 1ULL << (p & 63)
-        for p in range(self.n_ports if self.n_ports < 256 else 256):
-            if used[p >> 6] >> (p & 63) & 1 and not self.port_dead[p]:
+            if p < self.n_ports and (C_TX_MASK >> b.verdict[i]) & 1:
+                self.port_used[p] = 1
+        for p in range(self.n_ports):
+            if self.port_used[p] and not self.port_dead[p]:
                 (<Port>self.port_ptr[p]).tx_burst(b, <uint16_t>p, C_TX_MASK)
 
     cdef void probe(self, uint64_t t) noexcept nogil:

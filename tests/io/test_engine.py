@@ -12,7 +12,7 @@ from dataplane.engine import Engine
 from dataplane.io import open_port
 from dataplane.tables import NodeDataplane
 
-from conftest import netns
+from nstools import netns
 
 
 def node_config(lab):
