@@ -193,10 +193,10 @@ def _conntrack_flush(worker, req):
 
 
 def _walk_conntrack(worker, step) -> None:
-    ct, pause = worker.node.conntrack, worker.engine.paused
+    ct, pause = worker.node.conntrack, worker.cp.pause   # the sync loop's pause: lock and all
     start = 0
     while start is not None:
-        with CONTROL_LOCK, pause():
+        with pause():
             entries, start = ct.entries_range(start, CT_STEP)
             step(ct, entries)
 
